@@ -83,8 +83,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, n_params: int, device: torch.
         if big and (device.type == "cpu" or torch.cuda.is_bf16_supported()):
             return torch.bfloat16
         return torch.float32
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    table = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
     if dtype not in table:
         raise ModelSpecError(f"unknown dtype {dtype!r}; use auto, fp32, bf16 or fp16")
     return table[dtype]
@@ -95,6 +101,19 @@ def _hub_offline_message(spec: str) -> str:
         f"cannot reach the Hugging Face hub to load {spec!r}; offline, use a local folder or "
         f"a pack: {', '.join(packs.PACKS)}"
     )
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP probe, so offline users get an answer at once instead of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def resolve_spec(spec: str, progress: packs.Progress | None = None) -> tuple[str, dict]:
@@ -132,8 +151,15 @@ def load_model(
     where, info = resolve_spec(spec, progress)
     dev = torch.device(device) if device else default_device()
     kwargs = {"trust_remote_code": False}
-    if info["source"] == "hub" and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ModelSpecError(_hub_offline_message(spec))
+    if info["source"] == "hub":
+        from transformers.utils import cached_file
+
+        try:  # already in the local hub cache: no network needed
+            cached_file(spec, "config.json", local_files_only=True)
+            kwargs["local_files_only"] = True
+        except OSError:
+            if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
+                raise ModelSpecError(_hub_offline_message(spec)) from None
     try:
         config = AutoConfig.from_pretrained(where, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
@@ -148,12 +174,19 @@ def load_model(
         raise ModelSpecError(f"cannot load {spec!r}: {str(e).splitlines()[0]}") from None
     family = ENCODER_DECODER if getattr(config, "is_encoder_decoder", False) else DECODER
     auto = AutoModelForSeq2SeqLM if family == ENCODER_DECODER else AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a sub-second load needs no bar; fetches show their own
     try:
         model = auto.from_pretrained(where, use_safetensors=True, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelSpecError(
             f"cannot load weights of {spec!r} (safetensors only): {str(e).splitlines()[0]}"
         ) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     n_params = sum(p.numel() for p in model.parameters())
     torch_dtype = resolve_dtype(dtype, n_params, dev)
     model.to(device=dev, dtype=torch_dtype)
@@ -178,8 +211,13 @@ def prepare(
     family = ENCODER_DECODER if getattr(model.config, "is_encoder_decoder", False) else DECODER
     dev = device or next(model.parameters()).device
     return LoadedModel(
-        spec=spec, model=model, tokenizer=tokenizer, family=family, device=dev,
-        dtype=dtype or next(model.parameters()).dtype, use_chat_template=use_chat_template,
+        spec=spec,
+        model=model,
+        tokenizer=tokenizer,
+        family=family,
+        device=dev,
+        dtype=dtype or next(model.parameters()).dtype,
+        use_chat_template=use_chat_template,
         info=dict(info or {}),
     )
 

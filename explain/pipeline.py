@@ -97,8 +97,12 @@ def encode_answer(loaded: LoadedModel, prompt: Prompt, answer: str) -> list[int]
 def generate(loaded: LoadedModel, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
     """Greedy answers (no EOS, no padding), batched."""
     tok, model, dev = loaded.tokenizer, loaded.model, loaded.device
-    batch = collate(prompts, [[0]] * len(prompts), tok.pad_token_id,
-                    left_pad_prompts=not loaded.is_encoder_decoder)
+    batch = collate(
+        prompts,
+        [[0]] * len(prompts),
+        tok.pad_token_id,
+        left_pad_prompts=not loaded.is_encoder_decoder,
+    )
     out = model.generate(
         input_ids=batch.prompt_ids.to(dev),
         attention_mask=batch.prompt_mask.to(dev),
@@ -111,7 +115,7 @@ def generate(loaded: LoadedModel, prompts: list[list[int]], max_new_tokens: int)
         top_k=None,
     )
     if not loaded.is_encoder_decoder:
-        out = out[:, batch.prompt_ids.shape[1]:]
+        out = out[:, batch.prompt_ids.shape[1] :]
     stop = {tok.eos_token_id, tok.pad_token_id}
     gen_eos = getattr(model.generation_config, "eos_token_id", None)
     stop |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
@@ -176,15 +180,22 @@ def explain_batch(
         if not g:  # the model answered with EOS at once: attribute its EOS
             given[i] = [loaded.tokenizer.eos_token_id]
             enc[i].warnings.append("the model generated an empty answer; attributing its end token")
-    batch = collate([e.ids for e in enc], given, loaded.tokenizer.pad_token_id,
-                    left_pad_prompts=not loaded.is_encoder_decoder)
+    batch = collate(
+        [e.ids for e in enc],
+        given,
+        loaded.tokenizer.pad_token_id,
+        left_pad_prompts=not loaded.is_encoder_decoder,
+    )
     scorer = Scorer(loaded, batch)
     out = attributor.attribute(scorer)
     seconds = (time.perf_counter() - t0) / len(items)
     lp = batch.prompt_ids.shape[1]
     settings = {
-        "top_k": top_k, "aggregate": how, "max_new_tokens": max_new_tokens,
-        "chat_template": prompts[0].chat, **attributor.settings,
+        "top_k": top_k,
+        "aggregate": how,
+        "max_new_tokens": max_new_tokens,
+        "chat_template": prompts[0].chat,
+        **attributor.settings,
     }
     results = []
     for b, (e, ans_ids) in enumerate(zip(enc, given)):
@@ -192,11 +203,14 @@ def explain_batch(
         sl = slice(lp - n, lp) if not loaded.is_encoder_decoder else slice(0, n)
         matrix = out.matrix[b, :t, sl].detach().float().cpu()
         scores = aggregate(matrix, how)
-        words = merge_words(e.prompt.text, e.offsets, scores.tolist(), e.special,
-                            e.prompt.input_spans)
+        words = merge_words(
+            e.prompt.text, e.offsets, scores.tolist(), e.special, e.prompt.input_spans
+        )
         tok = loaded.tokenizer
-        extras = {k: (v[b] if isinstance(v, list) and len(v) == len(items) else v)
-                  for k, v in out.extras.items()}
+        extras = {
+            k: (v[b] if isinstance(v, list) and len(v) == len(items) else v)
+            for k, v in out.extras.items()
+        }
         results.append(
             AttributionResult(
                 prompt=e.prompt.text,
@@ -204,8 +218,10 @@ def explain_batch(
                 method=method,
                 model=loaded.spec,
                 template=template,
-                input_tokens=[e.prompt.text[o[0]:o[1]] if o else tok.decode([i])
-                              for i, o in zip(e.ids, e.offsets)],
+                input_tokens=[
+                    e.prompt.text[o[0] : o[1]] if o else tok.decode([i])
+                    for i, o in zip(e.ids, e.offsets)
+                ],
                 input_offsets=[list(o) if o else None for o in e.offsets],
                 output_tokens=[tok.decode([i]) for i in ans_ids],
                 matrix=matrix.tolist(),
@@ -224,7 +240,14 @@ def explain_batch(
     return results
 
 
-def explain(loaded: LoadedModel, fields: dict, template: str = "free", method: str = "saliency",
-            top_k: int = 5, answer: str | None = None, **kwargs) -> AttributionResult:
+def explain(
+    loaded: LoadedModel,
+    fields: dict,
+    template: str = "free",
+    method: str = "saliency",
+    top_k: int = 5,
+    answer: str | None = None,
+    **kwargs,
+) -> AttributionResult:
     """Explain one task input; see :func:`explain_batch` for the settings."""
     return explain_batch(loaded, [fields], template, method, top_k, [answer], **kwargs)[0]

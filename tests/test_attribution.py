@@ -1,0 +1,154 @@
+"""Attribution methods against direct autograd / explicit forward computations."""
+
+import pytest
+import torch
+
+from explain.attr import Scorer, collate, get_method
+from explain.pipeline import build_prompt, encode_answer, encode_prompt, explain, explain_batch
+
+CQA = {
+    "question": "Where would you put a plate after washing it?",
+    "choices": "cupboard|table|sink|restaurant|kitchen",
+}
+ANSWER = "cupboard table"
+
+
+def _direct_rows(loaded, prompt_ids, answer_ids):
+    """Per answer token: gradient of its log-prob w.r.t. prompt embeddings, one backward each."""
+    model, emb = loaded.model, loaded.model.get_input_embeddings()
+    p = torch.tensor([prompt_ids])
+    a = torch.tensor([answer_ids])
+    pe = emb(p).detach().requires_grad_(True)
+    if loaded.is_encoder_decoder:
+        logits = model(inputs_embeds=pe, decoder_input_ids=model._shift_right(a)).logits[0]
+    else:
+        full = torch.cat([pe, emb(a).detach()], dim=1)
+        logits = model(inputs_embeds=full).logits[0, len(prompt_ids) - 1 : -1]
+    logp = torch.log_softmax(logits, -1)
+    rows = []
+    for t, tok in enumerate(answer_ids):
+        (g,) = torch.autograd.grad(logp[t, tok], pe, retain_graph=True)
+        rows.append(g[0])
+    return torch.stack(rows), pe.detach()[0], logp.gather(-1, a[0][:, None])[:, 0].detach()
+
+
+def _ids(loaded, fields=CQA, template="cqa", answer=ANSWER):
+    prompt = build_prompt(loaded, template, fields)
+    ans = encode_answer(loaded, prompt, answer)
+    return encode_prompt(loaded, prompt, len(ans)).ids, ans
+
+
+def _close(a, b, rtol=1e-4):
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    scale = b.abs().max().clamp(min=1e-12)
+    assert ((a - b).abs().max() / scale) < rtol, float((a - b).abs().max() / scale)
+
+
+@pytest.mark.parametrize("method", ["saliency", "input_x_gradient"])
+def test_gradient_methods_equal_direct_autograd(tiny, method):
+    result = explain(tiny, CQA, template="cqa", method=method, answer=ANSWER)
+    prompt_ids, ans = _ids(tiny)
+    grads, embeds, _ = _direct_rows(tiny, prompt_ids, ans)
+    expected = grads.norm(dim=-1) if method == "saliency" else (grads * embeds).sum(-1)
+    assert len(result.matrix) == len(ans) > 1
+    for t in range(len(ans)):
+        _close(result.matrix[t], expected[t])
+    _close(result.token_scores, expected.mean(0))
+
+
+def test_integrated_gradients_completeness(tiny):
+    result = explain(
+        tiny,
+        CQA,
+        template="cqa",
+        method="integrated_gradients",
+        answer=ANSWER,
+        method_settings={"n_steps": 64},
+    )
+    assert result.extras["completeness_gap"] < 0.05
+    # the gap is measured, not assumed: recompute f(x) - f(baseline) independently
+    prompt_ids, ans = _ids(tiny)
+    _, embeds, full = _direct_rows(tiny, prompt_ids, ans)
+    batch = collate([prompt_ids], [ans], tiny.tokenizer.pad_token_id, True)
+    scorer = Scorer(tiny, batch)
+    with torch.no_grad():
+        base = scorer(scorer.baseline("pad"))[0]
+    sums = torch.tensor(result.matrix).sum(-1)
+    rel = (sums - (full - base)).abs().sum() / (full - base).abs().sum()
+    assert abs(float(rel) - result.extras["completeness_gap"]) < 1e-3
+
+
+def test_integrated_gradients_few_steps_has_larger_gap(tiny):
+    few = explain(
+        tiny,
+        CQA,
+        template="cqa",
+        method="integrated_gradients",
+        answer=ANSWER,
+        method_settings={"n_steps": 2, "method": "riemann_left"},
+    )
+    many = explain(
+        tiny,
+        CQA,
+        template="cqa",
+        method="integrated_gradients",
+        answer=ANSWER,
+        method_settings={"n_steps": 64},
+    )
+    assert many.extras["completeness_gap"] < few.extras["completeness_gap"]
+
+
+def test_occlusion_equals_masked_forward_passes(tiny):
+    result = explain(tiny, CQA, template="cqa", method="occlusion", answer=ANSWER)
+    prompt_ids, ans = _ids(tiny)
+    model, emb = tiny.model, tiny.model.get_input_embeddings()
+    pad = emb(torch.tensor([tiny.tokenizer.pad_token_id]))[0]
+    a = torch.tensor([ans])
+
+    def answer_logprobs(pe):
+        if tiny.is_encoder_decoder:
+            logits = model(inputs_embeds=pe, decoder_input_ids=model._shift_right(a)).logits[0]
+        else:
+            full = torch.cat([pe, emb(a)], dim=1)
+            logits = model(inputs_embeds=full).logits[0, len(prompt_ids) - 1 : -1]
+        return torch.log_softmax(logits, -1).gather(-1, a[0][:, None])[:, 0]
+
+    with torch.no_grad():
+        pe = emb(torch.tensor([prompt_ids]))
+        full = answer_logprobs(pe)
+        for pos in range(0, len(prompt_ids), 7):
+            masked = pe.clone()
+            masked[0, pos] = pad
+            drop = full - answer_logprobs(masked)
+            _close([row[pos] for row in result.matrix], drop, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["saliency", "occlusion"])
+def test_batched_equals_one_at_a_time(tiny, method):
+    items = [CQA, {"question": "What do you do with 12.5 apples?", "choices": "eat|sell|café"}]
+    answers = ["cupboard", "sell them all"]
+    batched = explain_batch(tiny, items, template="cqa", method=method, answers=answers)
+    for item, ans, res in zip(items, answers, batched):
+        single = explain(tiny, item, template="cqa", method=method, answer=ans)
+        assert single.input_tokens == res.input_tokens
+        _close(res.matrix, single.matrix, rtol=1e-4)
+
+
+def test_generated_answer_is_the_default_target(tiny):
+    result = explain(tiny, CQA, template="cqa", method="saliency", max_new_tokens=3)
+    assert result.target == "generated"
+    assert 1 <= len(result.output_tokens) <= 3
+    assert len(result.matrix) == len(result.output_tokens)
+    assert len(result.matrix[0]) == len(result.input_tokens)
+
+
+def test_parameters_stay_frozen(tiny):
+    explain(tiny, CQA, template="cqa", method="saliency", answer=ANSWER)
+    assert all(not p.requires_grad and p.grad is None for p in tiny.model.parameters())
+
+
+def test_unknown_method_is_a_clear_error(tiny):
+    from explain.errors import InputError
+
+    with pytest.raises(InputError, match="unknown method 'nope'; methods: saliency"):
+        get_method("nope")
