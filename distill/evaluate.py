@@ -128,9 +128,12 @@ def target_logprobs(
     lengths = [len(s) + len(t) for s, t in zip(sources, targets)]
     with _EvalMode(loaded.model):
         for group in _length_batches(lengths, batch_size):
-            batch = collate([sources[i] for i in group], [targets[i] for i in group],
-                            loaded.tokenizer.pad_token_id,
-                            left_pad_prompts=not loaded.is_encoder_decoder)
+            batch = collate(
+                [sources[i] for i in group],
+                [targets[i] for i in group],
+                loaded.tokenizer.pad_token_id,
+                left_pad_prompts=not loaded.is_encoder_decoder,
+            )
             scorer = Scorer(loaded, batch)
             logp = scorer(scorer.prompt_embeds).float().cpu()
             for row, i in enumerate(group):
@@ -208,8 +211,14 @@ def evaluate(
     for i, (ex, pred) in enumerate(zip(examples, preds)):
         ok = score_answer(task, pred, ex)
         correct.append(ok)
-        rec = {"id": ex.id, "prediction": pred, "gold": ex.label, "correct": ok,
-               "choice_prediction": None, "choice_correct": None}
+        rec = {
+            "id": ex.id,
+            "prediction": pred,
+            "gold": ex.label,
+            "correct": ok,
+            "choice_prediction": None,
+            "choice_correct": None,
+        }
         if i in picks:
             rec["choice_prediction"] = picks[i]
             rec["choice_correct"] = score_answer(task, picks[i], ex)
@@ -217,9 +226,15 @@ def evaluate(
         records.append(rec)
     acc, lo, hi = accuracy_ci(correct)
     settings = {
-        "model": loaded.spec, "task": task, "mode": mode, "n": len(examples),
-        "hints": bool(mode == "hint" and rationales), "max_new_tokens": max_new_tokens,
-        "max_len": max_len, "batch_size": batch_size, "chat_template": loaded.use_chat_template,
+        "model": loaded.spec,
+        "task": task,
+        "mode": mode,
+        "n": len(examples),
+        "hints": bool(mode == "hint" and rationales),
+        "max_new_tokens": max_new_tokens,
+        "max_len": max_len,
+        "batch_size": batch_size,
+        "chat_template": loaded.use_chat_template,
     }
     choice_acc = sum(choice_correct) / len(choice_correct) if choice_correct else None
     return EvalResult(acc, lo, hi, len(examples), choice_acc, records, settings)
@@ -269,8 +284,7 @@ def predict_one(
 
     spec = get_task(task)
     options = get_template(spec.template).answer_options(fields)
-    ex = Example(id="input", task=spec.name, fields=dict(fields), label=gold or "",
-                 options=options)
+    ex = Example(id="input", task=spec.name, fields=dict(fields), label=gold or "", options=options)
     words = rationale_words if mode == "hint" else None
     src_text, _ = format_example(ex, mode, "predict", words, loaded)
     src = _fit(encode_source(loaded, src_text), max_len - max_new_tokens)
@@ -288,18 +302,40 @@ def predict_one(
     top = max(range(len(options)), key=lambda k: sums[k])
     named = parse_choice(answer, options)
     pick = named if named is not None else top
-    return Prediction(answer, probs[pick], correct, options[top],
-                      {o: p for o, p in zip(options, probs)})
+    return Prediction(
+        answer, probs[pick], correct, options[top], {o: p for o, p in zip(options, probs)}
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Comparing runs
 
 
-COMPARE_COLUMNS = ["run", "mode", "student", "task", "steps", "accuracy", "ci_low", "ci_high",
-                   "ci", "choice_accuracy", "n", "settings"]
-_KEY_SETTINGS = ("alpha", "lr", "batch_size", "grad_accum", "seed", "max_len", "dev_size",
-                 "limit", "rationales")
+COMPARE_COLUMNS = [
+    "run",
+    "mode",
+    "student",
+    "task",
+    "steps",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "ci",
+    "choice_accuracy",
+    "n",
+    "settings",
+]
+_KEY_SETTINGS = (
+    "alpha",
+    "lr",
+    "batch_size",
+    "grad_accum",
+    "seed",
+    "max_len",
+    "dev_size",
+    "limit",
+    "rationales",
+)
 
 
 def compare(run_dirs: list[str | Path]):
@@ -319,20 +355,22 @@ def compare(run_dirs: list[str | Path]):
         if extraction:
             key["extraction"] = extraction
         acc, lo, hi = summary.get("accuracy"), summary.get("ci_low"), summary.get("ci_high")
-        rows.append({
-            "run": run.name,
-            "mode": summary.get("mode", settings.get("mode")),
-            "student": summary.get("student", settings.get("student")),
-            "task": summary.get("task", settings.get("task")),
-            "steps": summary.get("steps"),
-            "accuracy": acc,
-            "ci_low": lo,
-            "ci_high": hi,
-            "ci": f"{lo:.3f}-{hi:.3f}" if lo is not None and hi is not None else "",
-            "choice_accuracy": summary.get("choice_accuracy"),
-            "n": summary.get("n"),
-            "settings": json.dumps(key, sort_keys=True, default=str),
-        })
+        rows.append(
+            {
+                "run": run.name,
+                "mode": summary.get("mode", settings.get("mode")),
+                "student": summary.get("student", settings.get("student")),
+                "task": summary.get("task", settings.get("task")),
+                "steps": summary.get("steps"),
+                "accuracy": acc,
+                "ci_low": lo,
+                "ci_high": hi,
+                "ci": f"{lo:.3f}-{hi:.3f}" if lo is not None and hi is not None else "",
+                "choice_accuracy": summary.get("choice_accuracy"),
+                "n": summary.get("n"),
+                "settings": json.dumps(key, sort_keys=True, default=str),
+            }
+        )
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
 

@@ -75,7 +75,9 @@ class JobManager:
             self._job, self._stop = job, threading.Event()
             stop = self._stop
             self._thread = threading.Thread(
-                target=self._run, args=(job, fn, kwargs, stop), name=f"kdlens-{job.id}",
+                target=self._run,
+                args=(job, fn, kwargs, stop),
+                name=f"kdlens-{job.id}",
                 daemon=True,
             )
             self._thread.start()
@@ -108,14 +110,36 @@ class JobManager:
         with self._lock:
             j = self._job
             if j is None:
-                return {"state": IDLE, "id": None, "kind": None, "stage": "", "step": 0,
-                        "total": None, "examples_per_s": None, "eta_s": None, "losses": [],
-                        "dev": [], "message": "", "run_dir": None, "error": None}
+                return {
+                    "state": IDLE,
+                    "id": None,
+                    "kind": None,
+                    "stage": "",
+                    "step": 0,
+                    "total": None,
+                    "examples_per_s": None,
+                    "eta_s": None,
+                    "losses": [],
+                    "dev": [],
+                    "message": "",
+                    "run_dir": None,
+                    "error": None,
+                }
             return {
-                "state": j.state, "id": j.id, "kind": j.kind, "stage": j.stage, "step": j.step,
-                "total": j.total, "examples_per_s": j.examples_per_s, "eta_s": j.eta_s,
-                "losses": list(j.losses), "dev": list(j.dev), "message": j.message,
-                "run_dir": j.run_dir, "error": j.error, "result": j.result,
+                "state": j.state,
+                "id": j.id,
+                "kind": j.kind,
+                "stage": j.stage,
+                "step": j.step,
+                "total": j.total,
+                "examples_per_s": j.examples_per_s,
+                "eta_s": j.eta_s,
+                "losses": list(j.losses),
+                "dev": list(j.dev),
+                "message": j.message,
+                "run_dir": j.run_dir,
+                "error": j.error,
+                "result": j.result,
                 "elapsed_s": round((j.ended or time.time()) - j.started, 1),
             }
 

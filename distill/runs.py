@@ -138,6 +138,18 @@ def _comparable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in RESUME_FREE_KEYS}
 
 
+def _differences(old: dict, new: dict) -> list[str]:
+    """Keys whose values differ, one level into nested dicts (``settings.lr``)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{k}.{sub}" for sub in sorted(set(a) | set(b)) if a.get(sub) != b.get(sub)]
+        elif a != b:
+            out.append(k)
+    return out
+
+
 def _normalise(data: Any) -> Any:
     """What ``data`` looks like after a JSON round trip (tuples become lists...)."""
     return json.loads(json.dumps(data, default=str))
@@ -208,33 +220,35 @@ class RunDir:
     def metrics(self) -> list[dict]:
         return read_jsonl(self.metrics_path)
 
-    def create(self, config: dict) -> bool:
-        """Start the run, or reopen it to resume. Returns True when resuming.
-
-        Refuses a finished run, and an unfinished one whose settings differ.
-        """
+    def check(self, config: dict) -> bool:
+        """Raise as :meth:`create` would, writing nothing; True when it would resume."""
         config = _normalise(dict(config))
-        config.setdefault("versions", versions())
-        config.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
         if self.is_finished:
             raise RunError(
                 f"run {self.name!r} is finished and is never overwritten; choose another name"
             )
         if self.exists:
-            old = self.config()
-            if _comparable(old) != _comparable(config):
-                diff = sorted(
-                    k
-                    for k in set(_comparable(old)) | set(_comparable(config))
-                    if old.get(k) != config.get(k)
-                )
+            diff = _differences(_comparable(self.config()), _comparable(config))
+            if diff:
                 raise RunError(
                     f"run {self.name!r} exists, unfinished, with other settings "
                     f"({', '.join(diff)}); use the same settings to resume or another name"
                 )
             return True
-        if self.path.exists() and any(self.path.iterdir()):
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             raise RunError(f"{self.path} exists and is not a run folder; choose another name")
+        return False
+
+    def create(self, config: dict) -> bool:
+        """Start the run, or reopen it to resume. Returns True when resuming.
+
+        Refuses a finished run, and an unfinished one whose settings differ.
+        """
+        if self.check(config):
+            return True
+        config = _normalise(dict(config))
+        config.setdefault("versions", versions())
+        config.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.config_path, config)
         return False
@@ -317,7 +331,8 @@ def list_runs(root: str | Path | None = None):
             if not p.is_dir() or not run.exists:
                 continue
             cfg, st = run.config(), run.status()
-            settings = cfg.get("settings", {}) or {}
+            # Training configs nest their settings; extraction configs keep them flat.
+            settings = cfg.get("settings") or cfg
             summary = run.summary() or {}
             status = st.get("status")
             if status not in ("finished", "failed"):
@@ -334,7 +349,7 @@ def list_runs(root: str | Path | None = None):
                     "student": settings.get("student") or (cfg.get("models") or {}).get("student"),
                     "task": settings.get("task"),
                     "steps": steps,
-                    "accuracy": summary.get("accuracy"),
+                    "accuracy": summary.get("accuracy", summary.get("teacher_accuracy")),
                     "status": status,
                     "path": str(p),
                     "_mtime": run.config_path.stat().st_mtime,

@@ -159,7 +159,9 @@ def rationale_source(path: str | Path | None) -> dict | None:
     return {
         "path": str(p),
         "sha256": data_hash(file) if file.is_file() else None,
-        "settings": cfg.get("settings"),
+        # Extraction configs keep their settings flat; a nested "settings" is used if present.
+        "settings": cfg.get("settings")
+        or {k: v for k, v in cfg.items() if k not in ("versions", "created")},
         "models": cfg.get("models"),
     }
 
@@ -249,9 +251,7 @@ class Features:
     labels: list[int]  # decoder-only: aligned with input_ids; encoder-decoder: decoder targets
 
 
-def build_features(
-    loaded: LoadedModel, source: str, target: str, max_len: int = 256
-) -> Features:
+def build_features(loaded: LoadedModel, source: str, target: str, max_len: int = 256) -> Features:
     """Token ids and labels; the loss sees target tokens (+ EOS) only.
 
     Decoder-only: prompt + target in one sequence, labels -100 on the prompt. Over ``max_len``
@@ -353,8 +353,9 @@ def _set_rng_state(tensors: dict, meta: dict) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def save_checkpoint(run: RunDir, step: int, model, optimizer, scheduler, extra: dict,
-                    keep: int = 1) -> Path:
+def save_checkpoint(
+    run: RunDir, step: int, model, optimizer, scheduler, extra: dict, keep: int = 1
+) -> Path:
     """Write ``checkpoints/step-N/`` (staged, then renamed into place)."""
     from safetensors.torch import save_file, save_model
 
@@ -375,8 +376,11 @@ def save_checkpoint(run: RunDir, step: int, model, optimizer, scheduler, extra: 
     sched.pop("lr_lambdas", None)  # plain functions: rebuilt from the config
     meta = {
         "step": step,
-        "optimizer": {"param_groups": opt["param_groups"], "state": opt_meta,
-                      "ids": [int(p) for p in opt["state"]]},
+        "optimizer": {
+            "param_groups": opt["param_groups"],
+            "state": opt_meta,
+            "ids": [int(p) for p in opt["state"]],
+        },
         "scheduler": sched,
         "rng": rng_meta,
         **extra,
@@ -397,7 +401,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     for pid in o["ids"]:
         st = dict(o["state"].get(str(pid), {}))
         prefix = f"optimizer.{pid}."
-        st.update({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        st.update({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
         state[pid] = st
     groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in o["param_groups"]]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
@@ -469,8 +473,9 @@ def _encode_items(loaded, examples, config: TrainConfig, rmap) -> _Items:
     return items
 
 
-def _losses(model, items: _Items, idx: list[int], config: TrainConfig, pad_id: int, enc_dec: bool,
-            device) -> dict:
+def _losses(
+    model, items: _Items, idx: list[int], config: TrainConfig, pad_id: int, enc_dec: bool, device
+) -> dict:
     """Loss of one micro-batch: label loss, plus the rationale loss in multi-task modes."""
 
     def forward(feats: list[Features]) -> torch.Tensor:
@@ -514,6 +519,9 @@ def train(
     and return. ``model_loader(spec, device=, dtype=, use_chat_template=)`` lets tests pass
     tiny models.
     """
+    from accelerate import PartialState
+    from accelerate.utils import set_seed
+
     from .data import data_hash
 
     config.validate()
@@ -523,23 +531,31 @@ def train(
     if rmap is not None and not any(e.id in rmap for e in train_ex):
         raise TrainError(f"no training example has a rationale in {config.rationales}")
     run = RunDir(run_path(config))
-    resumed = run.create(run_record(config, data_hash(config.data), len(train_ex), len(dev_ex)))
+    record = run_record(config, data_hash(config.data), len(train_ex), len(dev_ex))
+    state = PartialState()  # under `accelerate launch`, only the main process writes files
+    run.check(record)  # a finished run or other settings: refuse before loading the model
+    accelerator = _accelerator(config.bf16)
+    set_seed(config.seed)
     emit({"stage": "loading", "message": f"loading {config.student}", "run_dir": str(run.path)})
-    run.set_status("running")
+    loaded = model_loader(
+        config.student, device=accelerator.device, dtype="fp32",
+        use_chat_template=config.chat_template,
+    )  # fmt: skip
+    # The run folder appears only once data, rationales and the model have loaded.
+    resumed = run.create(record) if state.is_main_process else True
+    state.wait_for_everyone()
+    if state.is_main_process:
+        run.set_status("running")
     try:
-        return _train(config, run, resumed, train_ex, dev_ex, rmap, emit, stop, model_loader)
+        return _train(config, run, resumed, accelerator, loaded, train_ex, dev_ex, rmap, emit,
+                      stop)  # fmt: skip
     except Exception as e:
-        run.set_status("failed", error=_one_line(e))
+        if state.is_main_process:
+            run.set_status("failed", error=_one_line(e))
         raise
 
 
-def _train(config, run, resumed, train_ex, dev_ex, rmap, emit, stop, model_loader) -> dict:
-    from accelerate.utils import set_seed
-
-    accelerator = _accelerator(config.bf16)
-    set_seed(config.seed)
-    loaded = model_loader(config.student, device=accelerator.device, dtype="fp32",
-                          use_chat_template=config.chat_template)
+def _train(config, run, resumed, accelerator, loaded, train_ex, dev_ex, rmap, emit, stop) -> dict:
     model = loaded.model
     model.train()
     for p in model.parameters():  # load_model/prepare freeze parameters for attribution
@@ -551,8 +567,9 @@ def _train(config, run, resumed, train_ex, dev_ex, rmap, emit, stop, model_loade
     world, rank = accelerator.num_processes, accelerator.process_index
     total = total_steps(config, len(train_ex), world)
     order = BatchOrder(len(train_ex), config.batch_size, config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total))
 
     step, elapsed_before = 0, 0.0
@@ -560,10 +577,17 @@ def _train(config, run, resumed, train_ex, dev_ex, rmap, emit, stop, model_loade
     if ckpt:
         meta = load_checkpoint(ckpt[1], model, optimizer, scheduler)
         step, elapsed_before = meta["step"], float(meta.get("elapsed", 0.0))
-        run.truncate_metrics(step)  # records after the checkpoint are replayed
-        emit({"stage": "training", "message": f"resumed from step {step}", "step": step,
-              "total": total})
-    elif resumed:
+        if accelerator.is_main_process:
+            run.truncate_metrics(step)  # records after the checkpoint are replayed
+        emit(
+            {
+                "stage": "training",
+                "message": f"resumed from step {step}",
+                "step": step,
+                "total": total,
+            }
+        )
+    elif resumed and accelerator.is_main_process:
         run.truncate_metrics(0)  # killed before its first checkpoint: start over
     model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
@@ -571,8 +595,15 @@ def _train(config, run, resumed, train_ex, dev_ex, rmap, emit, stop, model_loade
     def checkpoint(at: int, elapsed: float) -> None:
         if accelerator.is_main_process:
             emit({"stage": "saving", "step": at, "total": total, "message": "checkpoint"})
-            save_checkpoint(run, at, accelerator.unwrap_model(model), optimizer, scheduler,
-                            {"elapsed": elapsed, "total": total}, config.keep_checkpoints)
+            save_checkpoint(
+                run,
+                at,
+                accelerator.unwrap_model(model),
+                optimizer,
+                scheduler,
+                {"elapsed": elapsed, "total": total},
+                config.keep_checkpoints,
+            )
         accelerator.wait_for_everyone()
 
     t_start, first_step = time.perf_counter(), step
@@ -603,7 +634,7 @@ def _train(config, run, resumed, train_ex, dev_ex, rmap, emit, stop, model_loade
         now = time.perf_counter()
         elapsed = elapsed_before + now - t_start
         per_step = (now - t_start) / (step - first_step)
-        record = {
+        record = {  # losses of this process's micro-batches (the main one's on multi-GPU)
             "step": step,
             "epoch": round(step * config.grad_accum * world / order.per_epoch, 4),
             "loss": sums["loss"],
@@ -626,18 +657,53 @@ def _train(config, run, resumed, train_ex, dev_ex, rmap, emit, stop, model_loade
         if stopping or (config.save_every and step % config.save_every == 0 and step < total):
             checkpoint(step, elapsed)
         if stopping:
-            run.set_status("stopped", step=step, total=total)
-            emit({"stage": "stopped", "step": step, "total": total,
-                  "message": f"stopped at step {step} of {total}; resumable"})
-            return {"status": "stopped", "run_dir": str(run.path), "name": run.name,
-                    "step": step, "steps": step, "total": total}
+            if accelerator.is_main_process:
+                run.set_status("stopped", step=step, total=total)
+            emit(
+                {
+                    "stage": "stopped",
+                    "step": step,
+                    "total": total,
+                    "message": f"stopped at step {step} of {total}; resumable",
+                }
+            )
+            return {
+                "status": "stopped",
+                "run_dir": str(run.path),
+                "name": run.name,
+                "step": step,
+                "steps": step,
+                "total": total,
+            }
 
-    return _finish(config, run, loaded, model, accelerator, dev_ex, rmap, emit, total,
-                   elapsed_before + time.perf_counter() - t_start, len(train_ex))
+    return _finish(
+        config,
+        run,
+        loaded,
+        model,
+        accelerator,
+        dev_ex,
+        rmap,
+        emit,
+        total,
+        elapsed_before + time.perf_counter() - t_start,
+        len(train_ex),
+    )
 
 
-def _dev_eval(config, loaded, model, accelerator, dev_ex, rmap, emit, step, total,
-              choices: bool = False, with_rationales: bool = True):
+def _dev_eval(
+    config,
+    loaded,
+    model,
+    accelerator,
+    dev_ex,
+    rmap,
+    emit,
+    step,
+    total,
+    choices: bool = False,
+    with_rationales: bool = True,
+):
     """Generation accuracy on the dev split (main process), model back in train mode after."""
     from .evaluate import evaluate
 
@@ -646,44 +712,75 @@ def _dev_eval(config, loaded, model, accelerator, dev_ex, rmap, emit, step, tota
     emit({"stage": "evaluating", "step": step, "total": total, "message": "dev evaluation"})
     view = dataclasses.replace(loaded, model=accelerator.unwrap_model(model))
     result = evaluate(
-        view, config.task, dev_ex, mode=config.mode,
-        rationales=rmap if with_rationales else None, limit=config.dev_limit,
+        view,
+        config.task,
+        dev_ex,
+        mode=config.mode,
+        rationales=rmap if with_rationales else None,
+        limit=config.dev_limit,
         batch_size=config.eval_batch_size or config.batch_size,
-        max_new_tokens=config.max_new_tokens, max_len=config.max_len, choices=choices,
+        max_new_tokens=config.max_new_tokens,
+        max_len=config.max_len,
+        choices=choices,
     )
     if with_rationales:
         emit({"stage": "training", "step": step, "total": total, "dev_accuracy": result.accuracy})
     return result
 
 
-def _finish(config, run, loaded, model, accelerator, dev_ex, rmap, emit, total, elapsed,
-            n_train) -> dict:
+def _finish(
+    config, run, loaded, model, accelerator, dev_ex, rmap, emit, total, elapsed, n_train
+) -> dict:
     """Final dev evaluation, final model as safetensors in ``model/``, summary.json."""
     accelerator.wait_for_everyone()
     summary = {
-        "run_dir": str(run.path), "name": run.name, "kind": "train", "mode": config.mode,
-        "student": config.student, "task": config.task, "steps": total,
-        "train_examples": n_train, "dev_examples": min(len(dev_ex), config.dev_limit or 10**9),
+        "run_dir": str(run.path),
+        "name": run.name,
+        "kind": "train",
+        "mode": config.mode,
+        "student": config.student,
+        "task": config.task,
+        "steps": total,
+        "train_examples": n_train,
+        "dev_examples": min(len(dev_ex), config.dev_limit or 10**9),
         "elapsed_s": round(elapsed, 2),
     }
     metrics = [r for r in run.metrics() if "loss" in r]
     if metrics:
         summary["final_loss"] = metrics[-1]["loss"]
-    result = _dev_eval(config, loaded, model, accelerator, dev_ex, rmap, emit, total, total,
-                       choices=True)
+    result = _dev_eval(
+        config, loaded, model, accelerator, dev_ex, rmap, emit, total, total, choices=True
+    )
     if result is not None:
-        summary.update(accuracy=result.accuracy, ci_low=result.ci_low, ci_high=result.ci_high,
-                       choice_accuracy=result.choice_accuracy, n=result.n)
+        summary.update(
+            accuracy=result.accuracy,
+            ci_low=result.ci_low,
+            ci_high=result.ci_high,
+            choice_accuracy=result.choice_accuracy,
+            n=result.n,
+        )
         run.log({"step": total, "dev_accuracy": result.accuracy, "dev_n": result.n})
         lines = "".join(json.dumps(p) + "\n" for p in result.predictions)
         from .runs import atomic_write_text
 
         atomic_write_text(run.path / "dev_predictions.jsonl", lines)
         if config.mode == "hint":  # hint words are a crutch: also report without them
-            bare = _dev_eval(config, loaded, model, accelerator, dev_ex, rmap, emit, total,
-                             total, choices=True, with_rationales=False)
-            summary.update(accuracy_no_hint=bare.accuracy,
-                           choice_accuracy_no_hint=bare.choice_accuracy)
+            bare = _dev_eval(
+                config,
+                loaded,
+                model,
+                accelerator,
+                dev_ex,
+                rmap,
+                emit,
+                total,
+                total,
+                choices=True,
+                with_rationales=False,
+            )
+            summary.update(
+                accuracy_no_hint=bare.accuracy, choice_accuracy_no_hint=bare.choice_accuracy
+            )
     if accelerator.is_main_process:
         emit({"stage": "saving", "step": total, "total": total, "message": "saving model"})
         tmp = run.path / ".model.tmp"
@@ -699,8 +796,15 @@ def _finish(config, run, loaded, model, accelerator, dev_ex, rmap, emit, total, 
         run.finish(summary)
         run.clean_checkpoints()  # the final model is in model/; checkpoints only served resumes
     accelerator.wait_for_everyone()
-    emit({"stage": "done", "step": total, "total": total, "message": "finished",
-          "run_dir": str(run.path)})
+    emit(
+        {
+            "stage": "done",
+            "step": total,
+            "total": total,
+            "message": "finished",
+            "run_dir": str(run.path),
+        }
+    )
     return {"status": "finished", **summary}
 
 

@@ -230,6 +230,8 @@ def explain_batch(
                 rationale=select_rationale(words, top_k),
                 input_spans=[list(s) for s in e.prompt.input_spans],
                 fields=e.prompt.fields,
+                input_ids=list(e.ids),
+                output_ids=list(ans_ids),
                 target="given" if answers[b] else "generated",
                 settings=dict(settings, model=loaded.describe()),
                 extras=extras,

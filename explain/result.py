@@ -24,6 +24,8 @@ class AttributionResult:
     rationale: list[Word]
     input_spans: list[list[int]]
     fields: dict = field(default_factory=dict)
+    input_ids: list[int] = field(default_factory=list)
+    output_ids: list[int] = field(default_factory=list)
     target: str = "generated"  # or "given"
     settings: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)

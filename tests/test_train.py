@@ -7,9 +7,9 @@ import threading
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 
-import tiny
 from distill import train as tr
 from distill.data import Example, load_task
 from distill.runs import RunDir, RunError
@@ -70,10 +70,20 @@ def tiny_loader(family: str = "llama"):
 def config(tmp_path: Path, mode: str = "standard", name: str = "run", **kw) -> tr.TrainConfig:
     data = write_cqa(tmp_path / "data")
     settings = dict(
-        student="tiny", task="cqa", data=str(data), mode=mode,
+        student="tiny",
+        task="cqa",
+        data=str(data),
+        mode=mode,
         rationales=str(tmp_path / "data") if mode in ("saliency", "hint") else None,
-        steps=30, batch_size=8, lr=1e-2, schedule="constant", dev_size=2, eval_every=0,
-        save_every=0, out=str(tmp_path / name), max_new_tokens=4,
+        steps=30,
+        batch_size=8,
+        lr=1e-2,
+        schedule="constant",
+        dev_size=2,
+        eval_every=0,
+        save_every=0,
+        out=str(tmp_path / name),
+        max_new_tokens=4,
     )
     settings.update(kw)
     return tr.TrainConfig(**settings)
@@ -85,8 +95,14 @@ def losses(run_dir: Path) -> list[float]:
 
 def example(i: int = 0) -> Example:
     q, c, a = ITEMS[i]
-    return Example(id=f"q{i}", task="cqa", fields={"question": q, "choices": c}, label=a,
-                   options=c, llm_rationale="because plates go there")
+    return Example(
+        id=f"q{i}",
+        task="cqa",
+        fields={"question": q, "choices": c},
+        label=a,
+        options=c,
+        llm_rationale="because plates go there",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +151,7 @@ def test_loss_masking_decoder_only():
     row = labels[1]
     n_prompt = len(short.input_ids) - (len(short.labels) - short.labels.count(-100))
     assert (row[:n_prompt] == -100).all()  # prompt
-    assert (row[len(short.input_ids):] == -100).all()  # padding
+    assert (row[len(short.input_ids) :] == -100).all()  # padding
     assert (row[n_prompt : len(short.input_ids)] != -100).all()  # the target + EOS
     assert mask[1].sum() == len(short.input_ids)
 
@@ -150,7 +166,7 @@ def test_loss_masking_encoder_decoder():
     other = tr.build_features(lm, "predict: x", "sink", max_len=256)
     batch = tr.collate_features([f, other], lm.tokenizer.pad_token_id, encoder_decoder=True)
     assert batch["labels"].shape == (2, len(target))
-    assert batch["labels"][1, len(other.labels):].eq(-100).all()
+    assert batch["labels"][1, len(other.labels) :].eq(-100).all()
     assert batch["labels"][1, : len(other.labels)].tolist() == other.labels
 
 
@@ -180,10 +196,19 @@ def test_batch_order_is_deterministic_and_covers_each_epoch():
 def test_load_rationale_map(tmp_path):
     f = tmp_path / "rationales.jsonl"
     f.write_text(
-        json.dumps({"id": "a", "rationale": [{"text": "plate", "start": 0, "end": 5,
-                                              "score": 1}, {"text": "sink", "start": 9,
-                                                            "end": 13, "score": 0.5}]})
-        + "\n" + json.dumps({"id": 7, "rationale": ["x", "y"]}) + "\n" + '{"id": "torn", "ra'
+        json.dumps(
+            {
+                "id": "a",
+                "rationale": [
+                    {"text": "plate", "start": 0, "end": 5, "score": 1},
+                    {"text": "sink", "start": 9, "end": 13, "score": 0.5},
+                ],
+            }
+        )
+        + "\n"
+        + json.dumps({"id": 7, "rationale": ["x", "y"]})
+        + "\n"
+        + '{"id": "torn", "ra'
     )
     got = tr.load_rationale_map(tmp_path)
     assert got == {"a": ["plate", "sink"], "7": ["x", "y"]}
@@ -233,8 +258,9 @@ def test_each_mode_reduces_loss(tmp_path, family, mode):
 
 
 def test_memorised_model_is_saved_and_loadable(tmp_path):
-    summary = tr.train(config(tmp_path, steps=40, dev_size=1, batch_size=9),
-                       model_loader=tiny_loader())
+    summary = tr.train(
+        config(tmp_path, steps=40, dev_size=1, batch_size=9), model_loader=tiny_loader()
+    )
     run = RunDir(tmp_path / "run")
     assert run.is_finished and (run.model_dir / "model.safetensors").is_file()
     assert not run.checkpoints()  # the final model replaces them
@@ -281,8 +307,11 @@ def test_periodic_dev_eval_and_checkpoints(tmp_path):
     assert any(r.get("dev_accuracy") is not None for r in seen)
     assert run.status()["status"] == "stopped" and not run.is_finished
     ck = run.checkpoint_dir(5)
-    assert {p.name for p in ck.iterdir()} == {"model.safetensors", "state.safetensors",
-                                              "state.json"}
+    assert {p.name for p in ck.iterdir()} == {
+        "model.safetensors",
+        "state.safetensors",
+        "state.json",
+    }
 
 
 def _params(run_dir: Path) -> dict:
@@ -293,8 +322,16 @@ def _params(run_dir: Path) -> dict:
 
 @pytest.mark.parametrize("family,mode,accum", [("llama", "saliency", 2), ("t5", "standard", 1)])
 def test_stop_and_resume_matches_uninterrupted(tmp_path, family, mode, accum):
-    kw = dict(steps=10, batch_size=4, grad_accum=accum, eval_every=3, save_every=4,
-              lr=5e-3, schedule="linear", warmup=2)
+    kw = dict(
+        steps=10,
+        batch_size=4,
+        grad_accum=accum,
+        eval_every=3,
+        save_every=4,
+        lr=5e-3,
+        schedule="linear",
+        warmup=2,
+    )
     tr.train(config(tmp_path, mode, name="full", **kw), model_loader=tiny_loader(family))
 
     cfg = config(tmp_path, mode, name="resumed", **kw)
@@ -306,8 +343,11 @@ def test_stop_and_resume_matches_uninterrupted(tmp_path, family, mode, accum):
 
     out = tr.train(cfg, progress=progress, stop=stop, model_loader=tiny_loader(family))
     assert out["status"] == "stopped"
-    summary = tr.train(cfg, model_loader=tiny_loader(family))  # resume from step 6
+    seen = []
+    summary = tr.train(cfg, progress=seen.append, model_loader=tiny_loader(family))
     assert summary["status"] == "finished" and summary["steps"] == 10
+    assert any(r.get("message") == "resumed from step 6" for r in seen)
+    assert [r["step"] for r in seen if "loss" in r] == [7, 8, 9, 10]  # steps 1-6 not redone
 
     assert losses(tmp_path / "resumed") == losses(tmp_path / "full")
     full, resumed = _params(tmp_path / "full"), _params(tmp_path / "resumed")
@@ -330,7 +370,9 @@ def test_kill_then_resume_from_last_checkpoint(tmp_path):
     run = RunDir(tmp_path / "killed")
     assert run.status()["status"] == "failed" and run.latest_checkpoint()[0] == 6
     assert len(losses(run.path)) == 7  # step 7 was logged before the "kill"
-    tr.train(cfg, model_loader=tiny_loader())
+    seen = []
+    tr.train(cfg, progress=seen.append, model_loader=tiny_loader())
+    assert [r["step"] for r in seen if "loss" in r] == [7, 8]
     assert losses(run.path) == losses(tmp_path / "full")
     full, again = _params(tmp_path / "full"), _params(run.path)
     assert all(torch.equal(full[k], again[k]) for k in full)
@@ -340,8 +382,19 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     stop = threading.Event()
     stop.set()
     tr.train(config(tmp_path, steps=5), stop=stop, model_loader=tiny_loader())
-    with pytest.raises(RunError, match="other settings"):
+    with pytest.raises(RunError, match=r"other settings \(settings\.lr\)"):
         tr.train(config(tmp_path, steps=5, lr=1e-3), model_loader=tiny_loader())
+
+
+def test_model_load_error_leaves_no_run_folder(tmp_path):
+    from explain.errors import ModelSpecError
+
+    def bad_loader(spec, **kwargs):
+        raise ModelSpecError(f"unknown model spec {spec!r}")
+
+    with pytest.raises(ModelSpecError):
+        tr.train(config(tmp_path), model_loader=bad_loader)
+    assert not (tmp_path / "run").exists()  # the corrected command may reuse the name
 
 
 def test_checkpoint_round_trip_restores_optimizer_and_rng(tmp_path):
@@ -377,3 +430,12 @@ def test_checkpoint_round_trip_restores_optimizer_and_rng(tmp_path):
             assert torch.equal(v, s2["state"][pid][k])
     assert s1["param_groups"][0]["lr"] == s2["param_groups"][0]["lr"]
     assert sched.state_dict()["last_epoch"] == sched2.state_dict()["last_epoch"] == 2
+
+
+def test_rationale_source_records_the_extraction_settings(tmp_path):
+    ext = RunDir(tmp_path / "ext")
+    ext.create({"kind": "extract", "task": "cqa", "teacher": "big", "top_k": 3})
+    (ext.path / "rationales.jsonl").write_text('{"id": "q0", "rationale": ["plate"]}\n')
+    src = tr.rationale_source(ext.path)
+    assert src["settings"]["teacher"] == "big" and src["settings"]["top_k"] == 3
+    assert len(src["sha256"]) == 64 and "versions" not in src["settings"]

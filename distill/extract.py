@@ -1,0 +1,235 @@
+"""Dataset-level rationale extraction with the teacher (the paper's step 2-3).
+
+One JSON line per example in ``<run>/rationales.jsonl``: prompt, teacher answer and whether it
+is right, top-k rationale words with scores, all word scores, settings, and ERASER faithfulness
+(comprehensiveness and sufficiency of the top-k words, and of random-k words).
+
+Batched through :func:`explain.pipeline.explain_batch`. Resumable: each process appends finished
+examples to its own part file; a restart skips every id already written, so nothing is
+duplicated or lost. Runs sharded across processes under ``accelerate launch``; the parts are
+merged in data order at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from explain.attr import Scorer, collate
+from explain.models import LoadedModel
+from explain.pipeline import explain_batch
+from explain.result import AttributionResult
+
+from .data import Example, get_task
+from .metrics import score_answer
+from .runs import RunDir, append_jsonl, atomic_write_text, read_jsonl
+
+RATIONALES = "rationales.jsonl"
+
+
+def cache_key(teacher: str, method: str, top_k: int, target: str, data_hash: str,
+              extra: dict | None = None) -> str:
+    """Identity of an extraction: same key, same results (reused instead of recomputed)."""
+    blob = json.dumps([teacher, method, top_k, target, data_hash, extra or {}], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _drop_tokens(ids: list[int], drop: set[int]) -> list[int]:
+    return [t for i, t in enumerate(ids) if i not in drop]
+
+
+def faithfulness(
+    teacher: LoadedModel,
+    result: AttributionResult,
+    prompt_ids: list[int],
+    answer_ids: list[int],
+    rng: random.Random,
+) -> dict:
+    """ERASER comprehensiveness/sufficiency of the top-k words, and of k random input words.
+
+    The answer's probability is exp(mean token log-prob). Comprehensiveness: p(full) - p(prompt
+    without the words' tokens); sufficiency: p(full) - p(template plus the words' tokens only).
+    """
+    inputs = [w for w in result.words if w.is_input and not w.is_punct]
+    input_tokens = {i for w in result.words if w.is_input for i in w.tokens}
+    k = len(result.rationale)
+    chosen = {i for w in result.rationale for i in w.tokens}
+    rand_words = rng.sample(inputs, min(k, len(inputs)))
+    rand = {i for w in rand_words for i in w.tokens}
+    variants = [
+        prompt_ids,
+        _drop_tokens(prompt_ids, chosen),
+        _drop_tokens(prompt_ids, input_tokens - chosen),
+        _drop_tokens(prompt_ids, rand),
+        _drop_tokens(prompt_ids, input_tokens - rand),
+    ]
+    pad = teacher.tokenizer.pad_token_id
+    batch = collate(variants, [answer_ids] * len(variants), pad, not teacher.is_encoder_decoder)
+    scorer = Scorer(teacher, batch)
+    with torch.no_grad():
+        logp = scorer(scorer.prompt_embeds)
+    p = logp.mean(dim=1).exp().tolist()
+    return {
+        "p_full": p[0],
+        "comprehensiveness": p[0] - p[1],
+        "sufficiency": p[0] - p[2],
+        "random_comprehensiveness": p[0] - p[3],
+        "random_sufficiency": p[0] - p[4],
+    }
+
+
+def _record(ex: Example, res: AttributionResult, task: str, correct: bool, faith: dict | None,
+            settings: dict) -> dict:
+    word = lambda w: {"text": w.text, "start": w.start, "end": w.end, "score": w.score}  # noqa: E731
+    return {
+        "id": ex.id,
+        "index": ex.index,
+        "task": task,
+        "prompt": res.prompt,
+        "fields": ex.fields,
+        "label": ex.label,
+        "options": ex.options,
+        "human_rationale": ex.human_rationale,
+        "teacher_answer": res.answer,
+        "teacher_correct": correct,
+        "target": res.target,
+        "rationale": [word(w) for w in res.rationale],
+        "words": [dict(word(w), is_input=w.is_input, is_punct=w.is_punct) for w in res.words],
+        "top_k": settings["top_k"],
+        "method": res.method,
+        "faithfulness": faith,
+        "warnings": res.warnings,
+        "seconds": res.seconds,
+    }
+
+
+def _part_path(run: RunDir, rank: int, world: int) -> Path:
+    return run.path / "parts" / f"rank{rank}-of{world}.jsonl"
+
+
+def repair_tail(path: Path) -> None:
+    """Cut a torn last line (a kill mid-write) so the next append starts on a fresh line."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def done_ids(run: RunDir) -> set[str]:
+    parts = (run.path / "parts").glob("*.jsonl") if (run.path / "parts").is_dir() else []
+    return {r["id"] for p in parts for r in read_jsonl(p)}
+
+
+def merge_parts(run: RunDir, examples: list[Example]) -> list[dict]:
+    """Merge every part file in data order (first record per id wins) into rationales.jsonl."""
+    order = {ex.id: i for i, ex in enumerate(examples)}
+    seen: dict[str, dict] = {}
+    for p in sorted((run.path / "parts").glob("*.jsonl")):
+        for r in read_jsonl(p):
+            seen.setdefault(r["id"], r)
+    records = sorted((r for r in seen.values() if r["id"] in order), key=lambda r: order[r["id"]])
+    atomic_write_text(run.path / RATIONALES, "".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def extract(
+    teacher: LoadedModel,
+    examples: list[Example],
+    out_dir: str | Path,
+    task: str,
+    method: str = "saliency",
+    top_k: int = 5,
+    target: str = "generated",
+    batch_size: int = 4,
+    max_new_tokens: int = 16,
+    with_faithfulness: bool = True,
+    seed: int = 0,
+    method_settings: dict | None = None,
+    config: dict | None = None,
+    progress: Callable[[dict], None] | None = None,
+    stop: threading.Event | None = None,
+) -> dict:
+    """Extract rationales for ``examples`` into the run folder ``out_dir``; return the summary."""
+    from accelerate import PartialState
+
+    if target not in ("generated", "gold"):
+        raise ValueError("target must be 'generated' or 'gold'")
+    spec = get_task(task)
+    state = PartialState()
+    run = RunDir(out_dir)
+    settings = {
+        "kind": "extract", "task": spec.name, "teacher": teacher.spec, "method": method,
+        "top_k": top_k, "target": target, "max_new_tokens": max_new_tokens, "seed": seed,
+        "n_examples": len(examples), "method_settings": method_settings or {},
+        "faithfulness": with_faithfulness, **(config or {}),
+    }
+    settings["cache_key"] = cache_key(teacher.spec, method, top_k, target,
+                                      settings.get("data_hash", ""), {"n": len(examples)})
+    if run.is_finished and run.config().get("cache_key") == settings["cache_key"]:
+        summary = dict(run.summary() or {}, cached=True)
+        if progress:
+            progress({"stage": "extract", "done": len(examples), "total": len(examples),
+                      "message": "cached: same teacher, method, k, target and data"})
+        return summary
+    if state.is_main_process:
+        run.create(settings)
+    state.wait_for_everyone()
+    done = done_ids(run)
+    todo = [ex for ex in examples if ex.id not in done]
+    mine = todo[state.process_index :: state.num_processes]
+    part = _part_path(run, state.process_index, state.num_processes)
+    repair_tail(part)
+    if state.is_main_process:
+        run.set_status("running", stage="extract")
+    t0, n_done, total = time.perf_counter(), 0, len(mine)
+    for start in range(0, len(mine), batch_size):
+        if stop is not None and stop.is_set():
+            break
+        chunk = mine[start : start + batch_size]
+        answers = [ex.label if target == "gold" else None for ex in chunk]
+        results = explain_batch(
+            teacher, [ex.fields for ex in chunk], template=spec.template, method=method,
+            top_k=top_k, answers=answers, max_new_tokens=max_new_tokens,
+            method_settings=method_settings,
+        )
+        for ex, res in zip(chunk, results):
+            faith = None
+            if with_faithfulness:
+                rng = random.Random(f"{seed}:{ex.id}")
+                faith = faithfulness(teacher, res, res.input_ids, res.output_ids, rng)
+            correct = score_answer(spec, res.answer, ex)
+            append_jsonl(part, _record(ex, res, spec.name, correct, faith, settings))
+            n_done += 1
+        if progress:
+            el = time.perf_counter() - t0
+            rate = n_done / el if el > 0 else 0.0
+            progress({"stage": "extract", "done": len(done) + n_done, "total": len(examples),
+                      "examples_per_s": rate,
+                      "eta_s": (total - n_done) / rate if rate > 0 else None})
+    state.wait_for_everyone()
+    if stop is not None and stop.is_set():
+        run.set_status("stopped", stage="extract", done=len(done_ids(run)))
+        return {"status": "stopped", "done": len(done_ids(run)), "total": len(examples),
+                "run_dir": str(run.path)}
+    summary = {}
+    if state.is_main_process:
+        records = merge_parts(run, examples)
+        correct = [bool(r["teacher_correct"]) for r in records]
+        summary = {
+            "kind": "extract", "task": spec.name, "teacher": teacher.spec, "method": method,
+            "top_k": top_k, "target": target, "n": len(records),
+            "teacher_accuracy": sum(correct) / len(correct) if correct else None,
+            "seconds": time.perf_counter() - t0, "run_dir": str(run.path),
+            "rationales": str(run.path / RATIONALES),
+        }
+        run.finish(summary)
+    return summary

@@ -1,0 +1,226 @@
+"""Evaluation: generation accuracy with known outputs, choice scoring, predict_one, compare."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import tiny
+import torch
+from test_train import ITEMS, config, example, tiny_loader, write_cqa
+
+from distill import evaluate as ev
+from distill import train as tr
+from distill.data import Example, load_task
+from distill.metrics import accuracy_ci
+from distill.runs import RunDir
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def examples(n: int = 5) -> list[Example]:
+    return [example(i) for i in range(n)]
+
+
+def patch_generation(monkeypatch, loaded, answers: dict[str, str], mode="standard"):
+    """Make greedy generation answer ``answers[example id]`` (keyed by the encoded prompt)."""
+    by_prompt = {}
+    for i in range(len(ITEMS)):
+        ex = example(i)
+        src, _ = tr.format_example(ex, mode, "predict", None, loaded)
+        if ex.id in answers:
+            ids = loaded.tokenizer(answers[ex.id], add_special_tokens=False)["input_ids"]
+            by_prompt[tuple(tr.encode_source(loaded, src))] = ids
+    calls = []
+
+    def fake_generate(lm, prompts, max_new_tokens):
+        calls.append(len(prompts))
+        return [list(by_prompt[tuple(p)]) for p in prompts]
+
+    monkeypatch.setattr(ev, "generate", fake_generate)
+    return calls
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_accuracy_and_ci_with_known_outputs(monkeypatch, family):
+    lm = tiny.loaded(family)
+    exs = examples(5)
+    # 3 right (one as a letter, one with extra case/punctuation), 2 wrong.
+    answers = {"q0": "cupboard", "q1": "(a)", "q2": "Apples.", "q3": "sink", "q4": "table"}
+    calls = patch_generation(monkeypatch, lm, answers)
+    r = ev.evaluate(lm, "cqa", exs, batch_size=2, choices=False)
+    assert calls == [2, 2, 1]  # batched
+    assert r.n == 5 and r.accuracy == pytest.approx(0.6)
+    assert (r.accuracy, r.ci_low, r.ci_high) == accuracy_ci([True, True, True, False, False])
+    assert [p["correct"] for p in r.predictions] == [True, True, True, False, False]
+    assert [p["id"] for p in r.predictions] == ["q0", "q1", "q2", "q3", "q4"]
+    assert r.predictions[3] == {
+        "id": "q3",
+        "prediction": "sink",
+        "gold": "kitchen",
+        "correct": False,
+        "choice_prediction": None,
+        "choice_correct": None,
+    }
+    assert r.choice_accuracy is None and r.settings["mode"] == "standard"
+    r = ev.evaluate(lm, "cqa", exs, limit=2, choices=False)
+    assert r.n == 2 and r.accuracy == 1.0
+
+
+def _direct_logprob(lm, src: list[int], tgt: list[int]) -> float:
+    """Summed log-likelihood of ``tgt`` after ``src``, computed unbatched and unpadded."""
+    model = lm.model.eval()
+    with torch.no_grad():
+        if lm.is_encoder_decoder:
+            logits = model(input_ids=torch.tensor([src]), labels=torch.tensor([tgt])).logits[0]
+        else:
+            logits = model(input_ids=torch.tensor([src + tgt])).logits[0, len(src) - 1 : -1]
+    logp = torch.log_softmax(logits.float(), -1)
+    return logp.gather(-1, torch.tensor(tgt)[:, None]).sum().item()
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_choice_scoring_picks_highest_likelihood(family):
+    lm = tiny.loaded(family, seed=3)
+    exs = examples(4)
+    r = ev.evaluate(lm, "cqa", exs, batch_size=3, max_new_tokens=2)
+    for ex, pred in zip(exs, r.predictions):
+        src = tr.encode_source(lm, tr.format_example(ex, "standard", "predict", None, lm)[0])
+        scores = {
+            o: _direct_logprob(lm, src, tr.encode_target(lm, o, eos=False)) for o in ex.options
+        }
+        assert pred["choice_prediction"] == max(scores, key=scores.get)
+        assert pred["choice_correct"] == (pred["choice_prediction"] == ex.label)
+    choice_ok = [p["choice_correct"] for p in r.predictions]
+    assert r.choice_accuracy == pytest.approx(sum(choice_ok) / len(choice_ok))
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_batched_logprobs_match_unbatched(family):
+    lm = tiny.loaded(family, seed=1)
+    srcs = [tr.encode_source(lm, s) for s in ["predict: where is the sink?", "a", "Sam had"]]
+    tgts = [tr.encode_target(lm, t, eos=False) for t in ["kitchen", "cupboard table", "12"]]
+    batched = ev.target_logprobs(lm, srcs, tgts, batch_size=3)
+    for s, t, lp in zip(srcs, tgts, batched):
+        assert len(lp) == len(t)
+        assert sum(lp) == pytest.approx(_direct_logprob(lm, s, t), abs=1e-4)
+
+
+def test_batched_generation_matches_one_by_one():
+    lm = tiny.loaded("llama", seed=2)
+    exs = examples(5)
+    a = ev.evaluate(lm, "cqa", exs, batch_size=5, max_new_tokens=5, choices=False)
+    b = ev.evaluate(lm, "cqa", exs, batch_size=1, max_new_tokens=5, choices=False)
+    assert [p["prediction"] for p in a.predictions] == [p["prediction"] for p in b.predictions]
+
+
+def test_predict_one_probabilities():
+    lm = tiny.loaded("llama", seed=4)
+    ex = example(0)
+    p = ev.predict_one(lm, "cqa", ex.fields, gold=ex.label, max_new_tokens=3)
+    assert sum(p.choice_probs.values()) == pytest.approx(1.0)
+    assert p.choice in ex.options and 0.0 <= p.probability <= 1.0
+    assert isinstance(p.correct, bool)
+    assert ev.predict_one(lm, "cqa", ex.fields).correct is None
+
+    fields = {"body": "Sam had 12 apples and gave 3 to Ann.", "question": "How many are left?"}
+    p = ev.predict_one(lm, "svamp", fields, gold="( 12.0 - 3.0 )", max_new_tokens=3)
+    assert p.choice_probs is None and isinstance(p.correct, bool)
+    src, _ = tr.format_example(Example("x", "svamp", fields, ""), "standard", "predict", None, lm)
+    ids = ev.generate_answers(lm, [tr.encode_source(lm, src)], 3)[0]
+    if ids:
+        mean = _direct_logprob(lm, tr.encode_source(lm, src), ids) / len(ids)
+        assert p.probability == pytest.approx(math.exp(mean), rel=1e-4)
+
+
+def test_predict_one_hint_uses_words(monkeypatch):
+    lm = tiny.loaded("llama")
+    seen = []
+    real = ev.format_example
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.append(out[0])
+        return out
+
+    monkeypatch.setattr(ev, "format_example", spy)
+    ev.predict_one(
+        lm,
+        "cqa",
+        example(0).fields,
+        mode="hint",
+        rationale_words=["plate", "wash"],
+        max_new_tokens=1,
+    )
+    assert "Hint: plate wash" in seen[-1]
+
+
+def test_evaluate_a_run_folder_uses_its_mode(tmp_path):
+    tr.train(config(tmp_path, "saliency", steps=2), model_loader=tiny_loader())
+    exs = load_task("cqa", tmp_path / "data" / "cqa.json", limit=3)
+    r = ev.evaluate(tmp_path / "run", "cqa", exs, max_new_tokens=2, choices=False)
+    assert r.settings["mode"] == "saliency" and r.n == 3
+
+
+def _finished_run(root, name, mode, acc):
+    run = RunDir(root / name)
+    run.create(
+        {
+            "kind": "train",
+            "settings": {
+                "mode": mode,
+                "student": "s",
+                "task": "cqa",
+                "alpha": 0.5,
+                "lr": 5e-5,
+                "seed": 0,
+            },
+            "rationales": {"settings": {"method": "saliency", "top_k": 5}},
+        }
+    )
+    run.finish(
+        {
+            "mode": mode,
+            "student": "s",
+            "task": "cqa",
+            "steps": 10,
+            "accuracy": acc,
+            "ci_low": acc - 0.1,
+            "ci_high": acc + 0.1,
+            "choice_accuracy": 0.5,
+            "n": 20,
+        }
+    )
+    return run.path
+
+
+def test_compare_and_write(tmp_path):
+    a = _finished_run(tmp_path, "std", "standard", 0.4)
+    b = _finished_run(tmp_path, "sal", "saliency", 0.6)
+    df = ev.compare([a, b])
+    assert list(df.columns) == ev.COMPARE_COLUMNS
+    assert list(df["mode"]) == ["standard", "saliency"] and list(df["accuracy"]) == [0.4, 0.6]
+    assert df.loc[1, "ci"] == "0.500-0.700"
+    assert json.loads(df.loc[1, "settings"])["extraction"]["top_k"] == 5
+    csv, md = ev.write_comparison(df, tmp_path / "out")
+    assert csv.read_text().splitlines()[0].startswith("run,mode,student")
+    lines = md.read_text().splitlines()
+    assert lines[0].startswith("| run | mode |") and len(lines) == 4
+    assert "| sal | saliency | s | cqa | 10 | 0.6000 |" in lines[3]
+
+    unfinished = RunDir(tmp_path / "half")
+    unfinished.create({"kind": "train"})
+    with pytest.raises(tr.TrainError, match="not finished"):
+        ev.compare([unfinished.path])
+
+
+def test_data_written_by_helper_is_loadable(tmp_path):
+    exs = load_task("cqa", write_cqa(tmp_path))
+    assert [e.label for e in exs] == [a for _q, _c, a in ITEMS]
