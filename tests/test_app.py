@@ -1,0 +1,507 @@
+"""The app through gradio_client (a launched app on tiny random models), and its glue
+functions (distill.app_service) directly.
+
+The app runs in this process on a free port; models are a tiny random Llama saved to a
+temporary folder (loaded by the real ``load_model``), data is ten tiny CQA records.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import tiny
+import torch
+
+from distill import app_service as svc
+
+# Ten memorisable CQA records built from tiny.CORPUS words.
+ITEMS = [
+    ("Where would you put a plate after washing it?",
+     ["cupboard", "table", "sink", "restaurant", "kitchen"], "cupboard"),
+    ("Where does a man play a guitar?", ["stage", "sink", "table", "kitchen", "cupboard"], "stage"),
+    ("What does Sam give to Ann?", ["apples", "guitar", "plate", "music", "table"], "apples"),
+    ("Where is food made?", ["kitchen", "stage", "restaurant", "sink", "table"], "kitchen"),
+    ("Where do you wash a plate?", ["sink", "stage", "cupboard", "table", "music"], "sink"),
+    ("Where do people eat out?", ["restaurant", "sink", "stage", "cupboard", "apples"],
+     "restaurant"),
+    ("What does a person perform?", ["music", "plate", "table", "kitchen", "sink"], "music"),
+    ("Where do you put a plate to eat?", ["table", "music", "stage", "apples", "sink"], "table"),
+    ("Where are apples kept?", ["cupboard", "guitar", "stage", "music", "sink"], "cupboard"),
+    ("Who performs on stage?", ["man", "plate", "sink", "table", "apples"], "man"),
+]  # fmt: skip
+QUESTION = ("Where would you put a plate after washing it?", "cupboard | table | sink")
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared with test_browser.py and bench/screenshots.py
+
+
+def save_tiny_model(folder: Path) -> Path:
+    """A tiny random Llama + tokenizer as a model folder (loads with the real load_model)."""
+    if not (folder / "config.json").is_file():
+        tiny.tiny_llama(0).save_pretrained(folder)
+        tiny.tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def write_cqa(folder: Path) -> Path:
+    """``cqa/cqa_train.json`` in the shared/datasets layout (so 'demo set' finds it)."""
+    path = folder / "cqa" / "cqa_train.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for i, (q, c, a) in enumerate(ITEMS):
+            rec = {"id": f"q{i}", "question": q, "choices": c, "answer": a,
+                   "extractive_explanation": f"{a} {q.split()[-1]}"}  # fmt: skip
+            f.write(json.dumps(rec) + "\n")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CountingLoader:
+    """``load_model`` that counts loads per spec (models must load once and be shared)."""
+
+    def __init__(self) -> None:
+        from explain.models import load_model
+
+        self.load, self.counts, self.lock = load_model, {}, threading.Lock()
+
+    def __call__(self, spec, **kw):
+        with self.lock:
+            self.counts[spec] = self.counts.get(spec, 0) + 1
+        return self.load(spec, **kw)
+
+
+def launch(model: Path, runs: Path, data_root: Path, loader=None):
+    """Build and serve the app on a free port; returns (demo, url)."""
+    import app
+
+    demo = app.build_app(str(model), str(model), model_loader=loader, runs_dir=runs,
+                         datasets_dir=data_root)  # fmt: skip
+    _, url, _ = app.launch_app(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
+    return demo, url
+
+
+def make_fixture_runs(model: Path, data: Path, runs: Path) -> tuple[Path, Path]:
+    """A finished standard training run and a finished extraction, made by the library."""
+    from distill.data import load_task
+    from distill.extract import extract
+    from distill.train import TrainConfig, train
+    from explain.models import load_model
+
+    train_dir = runs / "fixture-standard"
+    if not (train_dir / "summary.json").is_file():
+        cfg = TrainConfig(student=str(model), task="cqa", data=str(data), mode="standard",
+                          steps=3, batch_size=4, lr=1e-2, dev_size=2, eval_every=0,
+                          save_every=0, out=str(train_dir), max_new_tokens=4)  # fmt: skip
+        train(cfg)
+    extract_dir = runs / "fixture-extract"
+    if not (extract_dir / "rationales.jsonl").is_file():
+        teacher = load_model(str(model))
+        extract(teacher, load_task("cqa", data), extract_dir, task="cqa", top_k=3,
+                target="gold", max_new_tokens=4)  # fmt: skip
+    return train_dir, extract_dir / "rationales.jsonl"
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models gain nothing from threads; two busy cores make OpenMP spin badly.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, one_thread):
+    root = tmp_path_factory.mktemp("app")
+    model = save_tiny_model(root / "tiny-llama")
+    data = write_cqa(root / "datasets")
+    runs = root / "runs"
+    runs.mkdir()
+    train_dir, rationales = make_fixture_runs(model, data, runs)
+    loader = CountingLoader()
+    demo, url = launch(model, runs, root / "datasets", loader)
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    yield {"root": root, "model": model, "data": data, "runs": runs, "train_dir": train_dir,
+           "rationales": rationales, "loader": loader, "demo": demo, "url": url,
+           "client": client}  # fmt: skip
+    demo.kdlens.jobs.stop()
+    demo.kdlens.jobs.wait(30)
+    demo.close()
+
+
+def call(client, api: str, *args, timeout: float = 60):
+    return client.submit(*args, api_name=api).result(timeout=timeout)
+
+
+def explain_args(model, question=QUESTION[0], choices=QUESTION[1], kind="Multiple choice",
+                 method="saliency", k=3):  # fmt: skip
+    return (str(model), kind, question, choices, "", "", "", method, k, "", "word")
+
+
+def is_error(md: str) -> bool:
+    return "kd-error" in str(md)
+
+
+# ---------------------------------------------------------------------------------------------
+# Explain
+
+
+def test_explain_returns_answer_figures_and_rationale(world):
+    c = world["client"]
+    (
+        status,
+        answer,
+        hl,
+        heat,
+        bar,
+        rat,
+        token,
+    ) = call(c, "/explain", *explain_args(world["model"]))
+    assert not is_error(status) and "saliency" in status
+    assert answer.startswith("**Teacher's answer")
+    assert "kd-highlight" in hl and "kd-rationale" in hl
+    fig = json.loads(heat["plot"])
+    z = fig["data"][0]["z"]
+    n_tokens = len(token["choices"]) - 1  # 'all' + one per answer token
+    assert len(z) == n_tokens >= 1
+    # word columns: every task-input word of the question and the three choices
+    assert len(z[0]) == len(fig["layout"]["xaxis"]["ticktext"]) >= 12
+    assert all("score: " in h for h in fig["data"][0]["text"][0])  # hover shows exact scores
+    assert rat.count('class="kd-chip"') == 3  # k = 3
+    assert json.loads(bar["plot"])["data"]
+    assert token["value"] == "all"
+
+
+def test_explain_one_answer_token_and_export(world):
+    c = world["client"]
+    call(c, "/explain", *explain_args(world["model"]))
+    status, hl, heat, bar, rat = call(c, "/explain_token", "0", "word")
+    assert "answer token 0" in status and not is_error(status)
+    fig = json.loads(heat["plot"])
+    assert fig["layout"]["shapes"][0]["y0"] == -0.5  # the picked row is outlined
+    status, files = call(c, "/export", "0")
+    assert "Exported 3 files" in status
+    names = sorted(Path(f).suffix for f in files)
+    assert names == [".csv", ".html", ".json"]
+    data = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())
+    assert data["settings"]["output_token"] == 0 and data["matrix"]
+    assert "<!DOCTYPE html>" in Path(next(f for f in files if f.endswith(".html"))).read_text()
+
+
+@pytest.mark.parametrize(
+    ("kind", "question", "choices", "premise", "hyp", "expect"),
+    [
+        ("Multiple choice", "", "a | b", "", "", "question is empty"),
+        ("Free text", "   ", "", "", "", "text is empty"),
+        ("Multiple choice", "Where?", "only one", "", "", "at least two"),
+        ("Premise / hypothesis", "", "", "A man sings.", "", "hypothesis is empty"),
+    ],
+)
+def test_explain_bad_input_gives_a_message(world, kind, question, choices, premise, hyp, expect):
+    args = (str(world["model"]), kind, question, choices, premise, hyp, "", "saliency", 3, "",
+            "word")  # fmt: skip
+    out = call(world["client"], "/explain", *args)
+    assert is_error(out[0]) and expect in out[0]
+    assert "Traceback" not in out[0]
+
+
+def test_bad_model_gives_a_message_and_app_keeps_serving(world):
+    c = world["client"]
+    args = list(explain_args(world["model"]))
+    args[0] = str(world["root"] / "no-such-model")
+    status = call(c, "/explain", *args)[0]
+    assert is_error(status) and "no-such-model" in status
+    status = call(c, "/export", "all")[0]  # a fresh session has nothing to export... yet
+    assert call(c, "/explain", *explain_args(world["model"]))[1].startswith("**Teacher")
+
+
+def test_eight_concurrent_explains_all_succeed(world):
+    c = world["client"]
+    questions = [f"Where would you put plate number {i}?" for i in range(8)]
+
+    def one(q: str):
+        return c.submit(*explain_args(world["model"], question=q), api_name="/explain").result(
+            timeout=90
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(one, questions))
+    assert len(outs) == 8
+    for q, out in zip(questions, outs):
+        assert not is_error(out[0]), out[0]
+        assert q.split()[-1].rstrip("?") in out[2]  # each got its own input back
+
+
+def test_models_load_once_and_are_shared(world):
+    c = world["client"]
+    for _ in range(2):
+        call(c, "/explain", *explain_args(world["model"]))
+    assert world["loader"].counts.get(str(world["model"])) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Compare
+
+
+def test_compare_student_modes_and_runs_side_by_side(world):
+    c = world["client"]
+    run = str(world["train_dir"])
+    out = call(c, "/compare", str(world["model"]), str(world["model"]), "Multiple choice",
+               QUESTION[0], QUESTION[1], "", "", "", "cupboard", [run], "saliency", 3)  # fmt: skip
+    status, cards, table = out
+    assert not is_error(status)
+    rows = table["data"]
+    assert [r[0] for r in rows] == ["student, no rationale",
+                                    "student + teacher rationale (hint)",
+                                    "run fixture-standard"]  # fmt: skip
+    for _model, _mode, answer, prob, correct, _note in rows:
+        assert isinstance(answer, str)
+        assert 0.0 <= float(prob) <= 1.0
+        assert correct in (True, False)
+    assert "kd-teacher" in cards and cards.count('kd-card"') >= 3
+
+
+def test_compare_bad_input_and_unusable_run(world, tmp_path):
+    c = world["client"]
+    out = call(c, "/compare", str(world["model"]), str(world["model"]), "Multiple choice",
+               "", "a | b", "", "", "", "", [], "saliency", 3)  # fmt: skip
+    assert is_error(out[0]) and "question is empty" in out[0]
+    # A folder that is no finished run: its row says so, the others still answer.
+    out = call(c, "/compare", str(world["model"]), str(world["model"]), "Premise / hypothesis",
+               "", "", "A man plays a guitar.", "A person makes music.", "", "",
+               [str(tmp_path)], "saliency", 2)  # fmt: skip
+    rows = out[2]["data"]
+    assert rows[-1][-1].startswith("not finished") and rows[0][4] is None  # no gold: no verdict
+
+
+# ---------------------------------------------------------------------------------------------
+# Distill
+
+
+def start_args(world, source="path", path=None, upload=None, modes=("standard",), steps=4,
+               limit=10, name=""):  # fmt: skip
+    return ("cqa", source, str(path or world["data"]) if source == "path" else "", upload,
+            str(world["model"]), str(world["model"]), list(modes), limit, steps, 3, 4, 1e-2,
+            "saliency", "gold", name)  # fmt: skip
+
+
+def wait_job(c, until: tuple[str, ...], timeout: float = 90) -> str:
+    end = time.time() + timeout
+    while time.time() < end:
+        md = call(c, "/distill_status", [], None)[0]
+        if md.startswith(tuple(f"**{s}**" for s in until)):
+            return md
+        time.sleep(0.3)
+    raise AssertionError(f"job did not reach {until}: {md}")
+
+
+def test_distill_bad_requests_give_messages(world, tmp_path):
+    from gradio_client import handle_file
+
+    c = world["client"]
+    md = call(c, "/distill_start", *start_args(world, modes=()))[0]
+    assert is_error(md) and "at least one mode" in md
+    md = call(c, "/distill_start", *start_args(world, source="path", path=tmp_path / "x.jsonl"))[0]
+    assert is_error(md) and "not found" in md
+    bad = tmp_path / "bad.csv"
+    bad.write_text("question,choices,answer\nWhere?,a|b,zebra\n")
+    md = call(c, "/distill_start", *start_args(world, source="upload",
+                                               upload=handle_file(str(bad))))[0]  # fmt: skip
+    assert is_error(md) and "line 2" in md and "not one of the choices" in md
+    txt = tmp_path / "notes.txt"
+    txt.write_text("hello")
+    with pytest.raises(Exception):  # noqa: B017 - gradio refuses the file type itself
+        call(c, "/distill_start", *start_args(world, source="upload", upload=handle_file(str(txt))))
+    md = call(c, "/distill_start", *start_args(world, name="../escape"))[0]
+    assert is_error(md) and "path separators" in md
+
+
+def test_upload_over_the_size_limit_is_refused(world, tmp_path):
+    from gradio_client import handle_file
+
+    big = tmp_path / "big.jsonl"
+    with big.open("wb") as f:
+        f.truncate(21 * 1024 * 1024)
+    with pytest.raises(Exception, match="(?i)size|large|413"):
+        call(world["client"], "/distill_start",
+             *start_args(world, source="upload", upload=handle_file(str(big))))  # fmt: skip
+
+
+def test_distill_runs_extract_train_evaluate_and_lists_the_runs(world):
+    c = world["client"]
+    args = start_args(world, source="demo set", modes=("standard", "saliency"), name="e2e")
+    md = call(c, "/distill_start", *args)[0]
+    assert not is_error(md), md
+    md = wait_job(c, ("finished", "failed", "stopped"))
+    assert md.startswith("**finished**"), md
+    assert "dev accuracy: standard" in md and "saliency" in md
+    status = world["demo"].kdlens.jobs.status()
+    assert status["losses"] and len(status["losses"]) == 8  # 4 steps x 2 modes
+    assert (world["runs"] / "e2e-extract" / "rationales.jsonl").is_file()
+    out = call(c, "/runs", [], None)
+    names = [r[0] for r in out[1]["data"]]
+    assert {"e2e-standard", "e2e-saliency", "e2e-extract"} <= set(names)
+    row = out[1]["data"][names.index("e2e-saliency")]
+    assert row[2] == "saliency" and row[7] == "finished" and "alpha" in row[8]
+    choices = [v for _, v in out[2]["choices"]]
+    assert str(world["runs"] / "e2e-saliency") in choices  # appears in Compare
+    sources = [v for _, v in out[3]["choices"]]
+    assert str(world["runs"] / "e2e-extract" / "rationales.jsonl") in sources  # and Overlap
+
+
+def test_distill_one_job_at_a_time_and_stop_keeps_a_checkpoint(world):
+    c = world["client"]
+    md = call(c, "/distill_start", *start_args(world, steps=5000, name="long"))[0]
+    assert not is_error(md), md
+    end = time.time() + 60
+    while world["demo"].kdlens.jobs.status()["step"] < 2 and time.time() < end:
+        time.sleep(0.2)
+    md = call(c, "/distill_start", *start_args(world, name="second"))[0]
+    assert is_error(md) and "already running" in md
+    assert not (world["runs"] / "second-standard").exists()
+    # Explain keeps answering while the job trains.
+    assert not is_error(call(c, "/explain", *explain_args(world["model"]))[0])
+    assert "Stopping" in call(c, "/distill_stop")
+    md = wait_job(c, ("stopped", "failed", "finished"))
+    assert md.startswith("**stopped**"), md
+    run = world["runs"] / "long-standard"
+    assert json.loads((run / "status.json").read_text())["status"] == "stopped"
+    assert list((run / "checkpoints").glob("step-*/model.safetensors"))
+    assert call(c, "/distill_stop") == "No job is running."
+
+
+# ---------------------------------------------------------------------------------------------
+# Overlap
+
+
+def test_overlap_figures_table_and_pages(world):
+    c = world["client"]
+    out = call(c, "/overlap", str(world["rationales"]), None, "all")
+    note, table, fig, hist, examples, page = out
+    assert not is_error(note) and "10 examples" in note
+    figures = {r[0] for r in table["data"]}
+    assert {"hit", "precision", "recall", "human_f1", "comprehensiveness"} <= figures
+    assert all(len(r) == len(table["headers"]) for r in table["data"])
+    traces = json.loads(fig["plot"])["data"]
+    assert [t["name"] for t in traces] == ["teacher rationale", "random-k"]
+    assert json.loads(hist["plot"])["data"][0]["type"] == "histogram"
+    assert examples.count("<tr>") == 11 and "kd-g" in examples and "kd-r" in examples
+    assert page == 1
+    _, html_ = call(c, "/overlap_page", 1, "misses")
+    assert "page 1 of 1" in html_
+
+
+def test_overlap_bad_file_gives_a_message(world, tmp_path):
+    from gradio_client import handle_file
+
+    bad = tmp_path / "rationales.jsonl"
+    bad.write_text('{"id": 1, "label": "x", "rationale": []}\nnot json\n')
+    out = call(world["client"], "/overlap", None, handle_file(str(bad)), "all")
+    assert is_error(out[0]) and "line 2" in out[0]
+    out = call(world["client"], "/overlap", "", None, "all")
+    assert is_error(out[0]) and "pick a rationale file" in out[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Glue functions, directly
+
+
+def test_task_fields_and_choices():
+    assert svc.parse_choices("a | b\nc||") == ["a", "b", "c"]
+    t, f = svc.task_fields("Multiple choice", "Q?", "x|y")
+    assert t == "cqa" and f == {"question": "Q?", "choices": ["x", "y"]}
+    assert svc.task_fields("Math word problem", "How many?", body="Sam has 3.")[0] == "svamp"
+    with pytest.raises(svc.KDLensError, match="unknown input kind"):
+        svc.task_fields("Poem", "x")
+    with pytest.raises(svc.KDLensError, match="Compare needs a task input"):
+        svc.compare_task("free")
+    assert svc.compare_task("nli") == "esnli" and svc.compare_task("nli", "anli1") == "anli1"
+
+
+def test_examples_rows_fill_every_form_field():
+    from explain.examples import load_examples
+
+    rows, labels = svc.example_rows(load_examples())
+    assert len(rows) == len(labels) > 0
+    assert all(len(r) == 7 and r[0] in svc.INPUT_KINDS and r[6] for r in rows)
+
+
+def test_token_views_and_segments():
+    from explain.pipeline import explain
+
+    res = explain(tiny.loaded("llama"), {"text": "Sam had apples"}, max_new_tokens=3)
+    assert [v for _, v in svc.token_choices(res)][:2] == ["all", "0"]
+    assert svc.pick_token(res, "all") is res
+    assert svc.pick_token(res, "1").settings["output_token"] == 1
+    with pytest.raises(svc.KDLensError, match="out of range"):
+        svc.pick_token(res, "99")
+    segs = svc._segments([(1, 3.0), (2, 2.0), (1, 4.0), (2, 1.0)], ["standard"])
+    assert [(n, x) for n, x, _ in segs] == [("standard", [1, 2]), ("run 2", [1, 2])]
+
+
+def test_status_markdown_and_progress_figure():
+    assert "No job yet" in svc.status_markdown({"state": "idle"})
+    st = {"state": "running", "stage": "train standard (1/1): training", "step": 3, "total": 10,
+          "examples_per_s": 2.5, "eta_s": 75, "losses": [(1, 2.0), (2, 1.5)], "dev": [(2, 0.5)],
+          "message": "", "error": None, "run_dir": "/r"}  # fmt: skip
+    md = svc.status_markdown(st, "CPU")
+    assert "step 3/10" in md and "2.50 examples/s" in md and "ETA 1 min 15 s" in md
+    fig = svc.progress_figure(st, ["standard"])
+    assert [t.name for t in fig.data] == ["standard loss", "standard dev acc"]
+    failed = dict(st, state="failed", error="boom")
+    assert "⚠ boom" in svc.status_markdown(failed)
+
+
+def test_plan_and_data_validation(tmp_path):
+    data = write_cqa(tmp_path / "ds")
+    plan = svc.plan_distill(tmp_path, "cqa", data, "t", "s", ["saliency", "standard"], 10, 2, 2,
+                            3, name="p")  # fmt: skip
+    assert plan.modes == ["standard", "saliency"]  # training order follows MODES
+    assert plan.extract_dir.endswith("p-extract") and set(plan.run_dirs) == set(plan.modes)
+    with pytest.raises(svc.KDLensError, match="dss needs"):
+        svc.plan_distill(tmp_path, "cqa", data, "t", "s", ["dss"], 10, 2, 2, 3)
+    with pytest.raises(svc.KDLensError, match="size must be at least"):
+        svc.plan_distill(tmp_path, "cqa", data, "t", "s", ["standard"], 1, 2, 2, 3)
+    assert svc.resolve_data("cqa", "demo set", None, None, tmp_path, tmp_path / "ds") == data
+    with pytest.raises(svc.KDLensError, match="demo set for svamp is not here"):
+        svc.resolve_data("svamp", "demo set", None, None, tmp_path, tmp_path / "ds")
+    stored = svc.resolve_data("cqa", "upload", None, str(data), tmp_path, None)
+    assert stored.parent == tmp_path / "uploads" and stored.read_bytes() == data.read_bytes()
+    with pytest.raises(svc.KDLensError, match="give the path"):
+        svc.resolve_data("cqa", "path", " ", None, tmp_path)
+
+
+def test_default_sizes_are_small_on_cpu():
+    cpu = svc.default_sizes(gpu=False)
+    assert cpu["limit"] <= 32 and cpu["steps"] <= 20
+    assert svc.default_sizes(gpu=True)["steps"] > cpu["steps"]
+
+
+def test_overlap_page_filters_and_marks_words():
+    rows = [{"id": "a", "rationale": ["plate"], "gold": "cupboard", "hit": False},
+            {"id": "b", "rationale": ["sink"], "gold": "sink", "hit": True}]  # fmt: skip
+    recs = [{"fields": {"question": "Where is a plate?", "choices": ["cupboard", "sink"]}},
+            {"fields": {"question": "Wash in the sink", "choices": ["sink", "bed"]}}]  # fmt: skip
+    html_, pages = svc.overlap_page(rows, recs, show="hits")
+    assert pages == 1 and ">b<" in html_ and ">a<" not in html_
+    assert '<span class="kd-r kd-g">sink</span>' in html_
+    html_, _ = svc.overlap_page(rows, recs, page=9, per_page=1)
+    assert "page 2 of 2" in html_

@@ -1,0 +1,177 @@
+"""The app in a real headless browser (Debian's chromium through Playwright).
+
+Explain renders the plotly heatmap (and a click on it picks an answer token), a tiny
+distillation starts and stops from the page, every tab leaves a screenshot in
+test-output/screenshots/ (gitignored), and a phone-width page keeps the heatmap scrollable.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT_MS = 30_000
+
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} not installed", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    from test_app import launch, make_fixture_runs, save_tiny_model, write_cqa
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models; leave the second core to the browser
+    root = tmp_path_factory.mktemp("browser")
+    model = save_tiny_model(root / "tiny-llama")
+    data = write_cqa(root / "datasets")
+    runs = root / "runs"
+    runs.mkdir()
+    make_fixture_runs(model, data, runs)
+    demo, url = launch(model, runs, root / "datasets")
+    yield {"url": url, "data": data, "demo": demo}
+    demo.kdlens.jobs.stop()
+    demo.kdlens.jobs.wait(30)
+    demo.close()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.goto(app_url["url"])
+    pg.locator("#kd-explain").wait_for()
+    yield pg
+    ctx.close()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def visible(page, label: str):
+    """The visible textbox with this label (each tab has its own form)."""
+    return page.get_by_label(label, exact=True).locator("visible=true").first
+
+
+def test_explain_renders_the_heatmap_and_a_click_picks_a_token(page):
+    visible(page, "Question").fill("Where would you put a plate after washing it?")
+    visible(page, "Choices (separate with | or new lines)").fill("cupboard | table | sink")
+    page.locator("#kd-explain").click()
+    plot = page.locator("#kd-heatmap .js-plotly-plot")
+    plot.locator(".main-svg").first.wait_for()
+    kind = page.evaluate(
+        "() => document.querySelector('#kd-heatmap .js-plotly-plot').data[0].type"
+    )
+    assert kind == "heatmap"
+    ticks = page.locator("#kd-heatmap .xtick text").all_text_contents()
+    assert "plate" in ticks and "cupboard" in ticks
+    assert "Teacher's answer" in page.locator("#kd-answer").inner_text()
+    shot(page, "explain")
+    # A click on the first heatmap row selects that answer token in the list.
+    box = plot.locator(".nsewdrag").first.bounding_box()
+    rows = page.evaluate("() => document.querySelector('#kd-heatmap .js-plotly-plot').data[0].y")
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / (2 * len(rows)))
+    page.wait_for_function(
+        "() => (document.querySelector('#kd-explain-status') || {}).innerText"
+        "?.includes('answer token 0')"
+    )
+    assert page.locator("#kd-token input[value='0']").is_checked()
+
+
+def test_compare_and_overlap_tabs(page):
+    tab(page, "Compare")
+    visible(page, "Question").fill("Where do you wash a plate?")
+    visible(page, "Choices (separate with | or new lines)").fill("sink | stage | cupboard")
+    visible(page, "Gold answer (optional: marks answers correct/wrong)").fill("sink")
+    page.locator("#kd-compare").click()
+    page.locator(".kd-cards .kd-teacher").wait_for()
+    assert page.locator(".kd-cards .kd-card").count() == 3
+    shot(page, "compare")
+
+    tab(page, "Overlap")
+    dropdown = page.get_by_label("Rationale file (from a run)")
+    dropdown.click()
+    page.get_by_role("option", name="fixture-extract").click()
+    page.locator("#kd-overlap").click()
+    page.locator(".kd-table").wait_for()
+    assert page.locator(".kd-table tr").count() == 11
+    page.locator("text=hit").first.wait_for()
+    shot(page, "overlap")
+
+
+def test_distill_starts_and_stops_from_the_page(page, app_url):
+    tab(page, "Distill")
+    page.get_by_label("path", exact=True).check()
+    visible(page, "Data file path (.jsonl or .csv)").fill(str(app_url["data"]))
+    page.get_by_label("saliency", exact=True).uncheck()
+    steps = visible(page, "Steps")
+    steps.fill("5000")
+    page.locator("#kd-start").click()
+    job = page.locator("#kd-job")
+    job.filter(has_text=re.compile(r"step \d+/5000")).wait_for()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.js-plotly-plot')]"
+        ".some(p => (p.data || []).some(t => (t.name || '').includes('loss')))"
+    )
+    shot(page, "distill")
+    page.locator("#kd-stop").click()
+    job.filter(has_text="stopped").wait_for()
+    assert "resumable" in job.inner_text()
+    page.locator("text=standard").first.wait_for()
+    shot(page, "distill-stopped")
+
+
+def test_narrow_screen_keeps_the_heatmap_scrollable(browser, app_url):
+    ctx = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=1)
+    page = ctx.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app_url["url"])
+    text = " ".join(f"word{i}" for i in range(200))
+    page.get_by_label("Free text").check()
+    visible(page, "Text").fill(text)
+    page.locator("#kd-explain").click()
+    page.locator("#kd-heatmap .js-plotly-plot .main-svg").first.wait_for()
+    widths = page.evaluate(
+        "() => { const e = document.querySelector('#kd-heatmap');"
+        " const p = e.querySelector('.js-plotly-plot');"
+        " return [e.clientWidth, e.scrollWidth, p.getBoundingClientRect().width,"
+        " document.documentElement.scrollWidth]; }"
+    )
+    box, scroll, plot, page_width = widths
+    assert plot > 200 * 10  # about 18 px per word column: labels stay readable
+    assert scroll > box  # the heatmap scrolls inside its box...
+    assert page_width <= 390 + 2  # ...not the page
+    shot(page, "explain-narrow")
+    ctx.close()

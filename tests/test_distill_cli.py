@@ -1,0 +1,68 @@
+"""The distill CLI end to end on a tiny local model: extract -> overlap, and error handling."""
+
+import json
+
+import pytest
+
+from distill.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    import tiny
+
+    folder = tmp_path_factory.mktemp("m") / "tiny"
+    tiny.tiny_llama().save_pretrained(folder, safe_serialization=True)
+    tiny.tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+def test_extract_then_overlap(model_dir, datasets_dir, tmp_path, capsys):
+    data = str(datasets_dir / "cqa/cqa_train.json")
+    out = str(tmp_path / "ext")
+    rc = main(["extract", "--teacher", model_dir, "--task", "cqa", "--data", data, "--limit", "5",
+               "--top-k", "3", "--max-new-tokens", "3", "--out", out])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n"] == 5 and summary["top_k"] == 3
+    lines = (tmp_path / "ext" / "rationales.jsonl").read_text().splitlines()
+    assert len(lines) == 5
+    cfg = json.loads((tmp_path / "ext" / "config.json").read_text())
+    assert len(cfg["data_hash"]) == 64 and cfg["teacher"] == model_dir
+
+    rc = main(["overlap", "--rationales", out, "--task", "cqa", "--json"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["summary"]["hit"]["n"] == 5
+    assert 0.0 <= report["summary"]["hit"]["rationale"] <= 1.0
+    assert "random" in report["summary"]["hit"]
+    assert "hit" in report["definitions"]
+
+    rc = main(["overlap", "--rationales", out, "--task", "esnli"])
+    assert rc == 2 and "holds task 'cqa'" in capsys.readouterr().err
+
+
+def test_extract_split_is_disjoint(model_dir, datasets_dir, tmp_path, capsys):
+    data = str(datasets_dir / "cqa/cqa_train.json")
+    ids = {}
+    for part in ("train", "dev"):
+        rc = main(["extract", "--teacher", model_dir, "--task", "cqa", "--data", data,
+                   "--limit", "10", "--dev-size", "3", "--split", part, "--no-faithfulness",
+                   "--max-new-tokens", "2", "--out", str(tmp_path / part)])
+        assert rc == 0
+        capsys.readouterr()
+        lines = (tmp_path / part / "rationales.jsonl").read_text().splitlines()
+        ids[part] = {json.loads(x)["id"] for x in lines}
+    assert len(ids["train"]) == 7 and len(ids["dev"]) == 3
+    assert not ids["train"] & ids["dev"]
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["overlap", "--rationales", "/no/such/file.jsonl"], "error: "),
+    (["extract", "--task", "cqa", "--data", "/no/such.json", "--out", "x"], "error: "),
+    (["extract", "--task", "cqa", "--data", "README.md", "--out", "../escape"], "error: "),
+])
+def test_bad_input_one_line(argv, msg, capsys):
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(msg) and err.count("\n") == 1
