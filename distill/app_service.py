@@ -81,7 +81,12 @@ def log_error(where: str, e: BaseException) -> None:
 
 @dataclass
 class AppContext:
-    """What every callback shares: the model cache, the one job slot, the runs folder."""
+    """What every callback shares: the model caches, the one job slot, the runs folder.
+
+    Two caches: the teacher's holds one model (picking another teacher frees the old one);
+    the students' holds the student and trained runs (least recently used goes first). A
+    spec loaded in one is shared with the other, never loaded twice.
+    """
 
     teacher: str
     student: str
@@ -89,20 +94,33 @@ class AppContext:
     model_loader: Callable[..., LoadedModel] = load_model
     cache_capacity: int = 4
     data_root: Path = field(default_factory=datasets_dir)
-    cache: ModelCache = field(init=False)
+    teachers: ModelCache = field(init=False)
+    students: ModelCache = field(init=False)
     jobs: JobManager = field(init=False)
 
     def __post_init__(self) -> None:
         self.runs_root = Path(self.runs_root).expanduser().resolve()
         self.runs_root.mkdir(parents=True, exist_ok=True)
-        self.cache = ModelCache(self.cache_capacity, self.model_loader)
+        self.teachers = ModelCache(1, self.model_loader)
+        self.students = ModelCache(max(self.cache_capacity - 1, 1), self.model_loader)
         self.jobs = JobManager()
 
-    def model(self, spec: str) -> LoadedModel:
+    def _get(self, spec: str, mine: ModelCache, other: ModelCache, role: str) -> LoadedModel:
         spec = (spec or "").strip()
         if not spec:
-            raise InputError("no model given; pick a teacher and a student")
-        return self.cache.get(spec)
+            raise InputError(f"no {role} model given; pick one or type a spec")
+        if spec in other.loaded_specs() and spec not in mine.loaded_specs():
+            return other.get(spec)  # already loaded in the other role: share it
+        return mine.get(spec)
+
+    def teacher_model(self, spec: str) -> LoadedModel:
+        return self._get(spec, self.teachers, self.students, "teacher")
+
+    def student_model(self, spec: str) -> LoadedModel:
+        return self._get(spec, self.students, self.teachers, "student")
+
+    def loaded_specs(self) -> list[str]:
+        return self.teachers.loaded_specs() + self.students.loaded_specs()
 
 
 def device_note() -> str:
@@ -121,6 +139,15 @@ def has_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def short_spec(spec: str) -> str:
+    """A model spec for display: a folder by its name (runs by ``run/model``)."""
+    spec = str(spec or "")
+    if "/" not in spec or not Path(spec).expanduser().exists():
+        return spec
+    p = Path(spec)
+    return f"{p.parent.name}/{p.name}" if p.name == "model" else p.name
 
 
 def model_choices(*specs: str) -> list[str]:
@@ -255,7 +282,7 @@ def explain_view(
         f"{result.seconds:.2f} s · scores for {scope}",
     ]
     info += [f"⚠ {html.escape(w)}" for w in result.warnings]
-    heat = figures.heatmap(result, level=level)
+    heat = _keep_width(figures.heatmap(result, level=level))
     if token not in (None, "", ALL_TOKENS):
         _mark_row(heat, int(view.settings["output_token"]))
     return ExplainView(
@@ -266,6 +293,15 @@ def explain_view(
         bar=figures.top_words_bar(view),
         rationale=figures.rationale_html(view),
     )
+
+
+def _keep_width(fig: go.Figure, min_height: int = 420) -> go.Figure:
+    """Let the heatmap fill its box, but no narrower than its own width (about 18 px per
+    column): the app's script widens a squeezed plot and the box scrolls instead."""
+    if fig.layout.width:
+        fig.update_layout(meta={"kd_width": int(fig.layout.width)}, width=None)
+    fig.update_layout(height=max(int(fig.layout.height or 0), min_height))
+    return fig
 
 
 def _mark_row(fig: go.Figure, row: int) -> None:
@@ -367,10 +403,10 @@ def compare_one(
 
     gold = (gold or "").strip() or None
     task = compare_task(template)
-    t_loaded = ctx.model(teacher)
+    t_loaded = ctx.teacher_model(teacher)
     result = explain(t_loaded, fields, template=template, method=method, top_k=int(top_k))
     words = [w.text for w in result.rationale]
-    s_loaded = ctx.model(student)
+    s_loaded = ctx.student_model(student)
     rows = []
 
     def add(name: str, loaded: LoadedModel, mode: str, task_name: str, note: str = "") -> None:
@@ -390,7 +426,7 @@ def compare_one(
         if run_task and get_task(run_task).template != template:
             rows.append([name, mode, "", None, None, f"trained on {run_task}; not this format"])
             continue
-        loaded = ctx.cache.get(str(run.model_dir))
+        loaded = ctx.student_model(str(run.model_dir))
         add(name, loaded, mode, compare_task(template, run_task))
     return result, pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
@@ -404,6 +440,17 @@ def teacher_correct(template: str, fields: dict, answer: str, gold: str | None) 
     options = get_template(task.template).answer_options(fields)
     ex = Example(id="input", task=task.name, fields=dict(fields), label=gold, options=options)
     return score_answer(task, answer, ex)
+
+
+def gold_verdict(template: str, fields: dict, answer: str, gold: str | None) -> str:
+    """' · ✓ correct' / ' · ✗ wrong (gold: …)' after the teacher's answer, when a gold is given."""
+    gold = (gold or "").strip()
+    if not gold:
+        return ""
+    if template not in TEMPLATE_TASK:  # free text: no scorer, just show the gold
+        return f" · gold answer: {html.escape(gold)}"
+    ok = teacher_correct(template, fields, answer, gold)
+    return " · ✓ correct" if ok else f" · ✗ wrong (gold: {html.escape(gold)})"
 
 
 def _verdict(correct) -> str:
@@ -420,7 +467,7 @@ def compare_cards(result: AttributionResult, df: pd.DataFrame, gold_ok: bool | N
 
     cards = [
         '<div class="kd-card kd-teacher"><div class="kd-card-title">Teacher '
-        f"<code>{html.escape(result.model)}</code></div>"
+        f"<code>{html.escape(short_spec(result.model))}</code></div>"
         f'<div class="kd-card-answer">{html.escape(result.answer) or "<em>(empty)</em>"}</div>'
         f"<div>{_verdict(gold_ok)}</div><div class='kd-card-sub'>rationale "
         f"({html.escape(result.method)}, top-{len(result.rationale)})</div>"
@@ -457,7 +504,8 @@ def default_sizes(gpu: bool | None = None) -> dict:
     gpu = has_gpu() if gpu is None else gpu
     if gpu:
         return {"limit": 2000, "steps": 500, "batch_size": 16, "top_k": 5, "dev_size": 0.1}
-    return {"limit": 24, "steps": 16, "batch_size": 4, "top_k": 5, "dev_size": 0.25}
+    # CPU: about 10 s per example for the 1.5B teacher's extraction, 2-3 s per student step.
+    return {"limit": 20, "steps": 12, "batch_size": 4, "top_k": 5, "dev_size": 0.25}
 
 
 def resolve_data(
@@ -601,6 +649,7 @@ def _stage_progress(emit: Callable[[dict], None], label: str) -> Callable[[dict]
 
     def progress(record: dict) -> None:
         rec = dict(record)
+        rec.setdefault("message", "")  # a stale message ("loading …") would linger
         if rec.get("step") is None and rec.get("done") is not None:
             rec["step"] = rec["done"]  # extraction counts examples done
         rec["stage"] = f"{label}: {rec['stage']}" if rec.get("stage") else label
@@ -704,7 +753,8 @@ def status_markdown(status: dict, device: str | None = None) -> str:
     state = status.get("state", "idle")
     if state == "idle":
         return "No job yet. Pick the settings and press **Start**."
-    parts = [f"**{state}**", html.escape(str(status.get("stage") or ""))]
+    stage = str(status.get("stage") or "")
+    parts = [f"**{state}**", html.escape(stage) if stage != state else ""]
     if status.get("total"):
         parts.append(f"step {status.get('step', 0)}/{status['total']}")
     eps = _num(status.get("examples_per_s"))
@@ -798,6 +848,7 @@ def runs_table(root: Path) -> pd.DataFrame:
                 log_error(f"reading run {row.name}", e)
     out = df.assign(settings=[settings.get(n, "") for n in df["name"]])
     out["accuracy"] = [round(a, 4) if _num(a) is not None else None for a in out["accuracy"]]
+    out["student"] = [short_spec(s) if isinstance(s, str) else s for s in out["student"]]
     return out[RUNS_TABLE_COLUMNS]
 
 
@@ -875,9 +926,10 @@ def overlap_summary_figure(summary: dict) -> go.Figure:
             hovertext=[f"{n}: {v!r} (n={summary[n].get('n')})" for n, v in zip(names, vals)],
             hoverinfo="text",
         ))  # fmt: skip
+    fig.update_traces(cliponaxis=False)  # value labels above the tallest bar stay visible
     fig.update_layout(
         barmode="group", height=340, title="dataset figures: rationale vs random-k",
-        margin={"l": 40, "r": 20, "t": 50, "b": 60}, legend={"orientation": "h", "y": -0.2},
+        margin={"l": 40, "r": 20, "t": 70, "b": 60}, legend={"orientation": "h", "y": -0.2},
     )  # fmt: skip
     return fig
 
@@ -1023,6 +1075,7 @@ __all__ = [
     "explain_view",
     "export_result",
     "finished_runs",
+    "gold_verdict",
     "overlap_page",
     "overlap_view",
     "plan_distill",

@@ -8,10 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
 from pathlib import Path
 
-from explain.errors import KDLensError
+from explain.errors import KDLensError, run_cli
 from explain.packs import DEFAULT_STUDENT, DEFAULT_TEACHER
 
 
@@ -58,7 +57,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     summary = extract(
         teacher, examples, out, task=args.task, method=args.method, top_k=args.top_k,
         target=args.target, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-        with_faithfulness=not args.no_faithfulness, seed=args.seed, method_settings=settings,
+        with_faithfulness=not args.no_faithfulness, faithfulness_limit=args.faithfulness_limit,
+        rows=args.rows, seed=args.seed, method_settings=settings,
         config={"data": str(args.data), "data_hash": data_hash(args.data), "split": args.split,
                 "dev_size": args.dev_size, "limit": args.limit},
         progress=update,
@@ -165,7 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--max-new-tokens", type=int, default=16)
     e.add_argument("--steps", type=int, help="integrated_gradients steps")
+    e.add_argument("--rows", choices=["answer", "tokens"], default="answer",
+                   help="attribute the whole answer (one backward) or each answer token")
     e.add_argument("--no-faithfulness", action="store_true")
+    e.add_argument("--faithfulness-limit", type=int, help="ERASER figures on the first N only")
     e.add_argument("--device")
     e.add_argument("--dtype", default="auto")
     e.add_argument("--runs", default="runs", help="runs folder for a bare --out name")
@@ -218,19 +221,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except KDLensError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    except Exception as e:  # never a traceback for users; --debug shows it
-        if args.debug:
-            traceback.print_exc()
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
-        return 1
-
-
+    return run_cli(args.fn, args, "; run the same command again to resume")

@@ -152,13 +152,19 @@ def extract(
     batch_size: int = 4,
     max_new_tokens: int = 16,
     with_faithfulness: bool = True,
+    faithfulness_limit: int | None = None,
+    rows: str = "answer",
     seed: int = 0,
     method_settings: dict | None = None,
     config: dict | None = None,
     progress: Callable[[dict], None] | None = None,
     stop: threading.Event | None = None,
 ) -> dict:
-    """Extract rationales for ``examples`` into the run folder ``out_dir``; return the summary."""
+    """Extract rationales for ``examples`` into the run folder ``out_dir``; return the summary.
+
+    ``rows="answer"`` (default) attributes the whole answer's log-prob in one backward pass
+    (DESIGN section 1); ``rows="tokens"`` scores each answer token and aggregates the rows.
+    """
     from accelerate import PartialState
 
     if target not in ("generated", "gold"):
@@ -170,7 +176,8 @@ def extract(
         "kind": "extract", "task": spec.name, "teacher": teacher.spec, "method": method,
         "top_k": top_k, "target": target, "max_new_tokens": max_new_tokens, "seed": seed,
         "n_examples": len(examples), "method_settings": method_settings or {},
-        "faithfulness": with_faithfulness, **(config or {}),
+        "faithfulness": with_faithfulness, "faithfulness_limit": faithfulness_limit,
+        "rows": rows, **(config or {}),
     }
     settings["cache_key"] = cache_key(teacher.spec, method, top_k, target,
                                       settings.get("data_hash", ""), {"n": len(examples)})
@@ -183,6 +190,8 @@ def extract(
     if state.is_main_process:
         run.create(settings)
     state.wait_for_everyone()
+    # Faithfulness costs four extra forward passes: optionally only on the first N examples.
+    faith_ids = {ex.id for ex in examples[: faithfulness_limit or 0]}
     done = done_ids(run)
     todo = [ex for ex in examples if ex.id not in done]
     mine = todo[state.process_index :: state.num_processes]
@@ -199,11 +208,11 @@ def extract(
         results = explain_batch(
             teacher, [ex.fields for ex in chunk], template=spec.template, method=method,
             top_k=top_k, answers=answers, max_new_tokens=max_new_tokens,
-            method_settings=method_settings,
+            method_settings=method_settings, rows=rows,
         )
         for ex, res in zip(chunk, results):
             faith = None
-            if with_faithfulness:
+            if with_faithfulness and (faithfulness_limit is None or ex.id in faith_ids):
                 rng = random.Random(f"{seed}:{ex.id}")
                 faith = faithfulness(teacher, res, res.input_ids, res.output_ids, rng)
             correct = score_answer(spec, res.answer, ex)

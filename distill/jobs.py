@@ -15,19 +15,11 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from explain.errors import KDLensError
+from explain.errors import KDLensError, one_line
 
 IDLE, RUNNING, STOPPING, FINISHED, FAILED, STOPPED = (
     "idle", "running", "stopping", "finished", "failed", "stopped",
 )  # fmt: skip
-
-
-def one_line(e: BaseException) -> str:
-    """A user-facing line: KDLensError messages as they are, others with their type."""
-    if isinstance(e, KDLensError):
-        return str(e)
-    msg = " ".join(str(e).split())
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
 @dataclass

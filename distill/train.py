@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from explain.errors import KDLensError
+from explain.errors import KDLensError, one_line
 from explain.models import LoadedModel, load_model
 from explain.pipeline import ANSWER_CUE
 from explain.templates import get_template
@@ -442,13 +442,6 @@ def _load_examples(config: TrainConfig):
     return split(examples, config.dev_size, config.seed)
 
 
-def _one_line(e: BaseException) -> str:
-    if isinstance(e, KDLensError):
-        return str(e)
-    msg = " ".join(str(e).split())
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
-
-
 @dataclass
 class _Items:
     """Pre-encoded training items per example: the label task and the explain task."""
@@ -551,7 +544,7 @@ def train(
                       stop)  # fmt: skip
     except Exception as e:
         if state.is_main_process:
-            run.set_status("failed", error=_one_line(e))
+            run.set_status("failed", error=one_line(e))
         raise
 
 

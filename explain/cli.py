@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
 
 from . import packs
 from .attr import METHODS
-from .errors import InputError, KDLensError
+from .errors import InputError, run_cli
 from .result import AttributionResult
 
 
@@ -91,59 +90,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "fetch":
-            for name in args.packs or list(packs.PACKS):
-                print(packs.ensure(name, _progress))
-            return 0
-        from .models import load_model
-        from .pipeline import explain
-        from .templates import render
+    return run_cli(_run, args)
 
-        template, fields = fields_from_args(args)
-        render(template, fields)  # reject bad input before a model load
-        settings = {}
-        if args.steps is not None:
-            if args.method != "integrated_gradients":
-                raise InputError("--steps applies to integrated_gradients only")
-            settings["n_steps"] = args.steps
-        if args.baseline is not None:
-            if args.method not in ("integrated_gradients", "occlusion"):
-                raise InputError("--baseline applies to integrated_gradients and occlusion")
-            settings["baseline"] = args.baseline
-        if args.top_k < 1:
-            raise InputError("--top-k must be at least 1")
-        loaded = load_model(
-            args.model,
-            device=args.device,
-            dtype=args.dtype,
-            use_chat_template=not args.no_chat_template,
-            progress=_progress,
-        )
-        result = explain(
-            loaded,
-            fields,
-            template=template,
-            method=args.method,
-            top_k=args.top_k,
-            answer=args.answer,
-            max_new_tokens=args.max_new_tokens,
-            how=args.aggregate,
-            method_settings=settings,
-        )
-        print(
-            json.dumps(result.to_dict(), ensure_ascii=False) if args.json else render_text(result)
-        )
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "fetch":
+        for name in args.packs or list(packs.PACKS):
+            print(packs.ensure(name, _progress))
         return 0
-    except KDLensError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # never a traceback for users; --debug shows it
-        if args.debug:
-            traceback.print_exc()
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
-        return 1
+    from .models import load_model
+    from .pipeline import explain
+    from .templates import render
+
+    template, fields = fields_from_args(args)
+    render(template, fields)  # reject bad input before a model load
+    settings = {}
+    if args.steps is not None:
+        if args.method != "integrated_gradients":
+            raise InputError("--steps applies to integrated_gradients only")
+        settings["n_steps"] = args.steps
+    if args.baseline is not None:
+        if args.method not in ("integrated_gradients", "occlusion"):
+            raise InputError("--baseline applies to integrated_gradients and occlusion")
+        settings["baseline"] = args.baseline
+    if args.top_k < 1:
+        raise InputError("--top-k must be at least 1")
+    loaded = load_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        use_chat_template=not args.no_chat_template,
+        progress=_progress,
+    )
+    result = explain(
+        loaded,
+        fields,
+        template=template,
+        method=args.method,
+        top_k=args.top_k,
+        answer=args.answer,
+        max_new_tokens=args.max_new_tokens,
+        how=args.aggregate,
+        method_settings=settings,
+    )
+    print(
+        json.dumps(result.to_dict(), ensure_ascii=False) if args.json else render_text(result)
+    )
+    return 0

@@ -20,3 +20,34 @@ class PackError(KDLensError):
 
 class InputError(KDLensError):
     """Bad task input (empty question, wrong choices, unknown template...)."""
+
+
+def one_line(e: BaseException) -> str:
+    """A user-facing line: KDLensError messages as they are, others with their type."""
+    if isinstance(e, KDLensError):
+        return str(e)
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def run_cli(fn, args, resume_hint: str = "") -> int:
+    """Run a CLI command: one line on stderr and a non-zero exit instead of a traceback.
+
+    Exit 2 for errors the user can fix, 1 for anything else (``--debug`` shows the traceback).
+    """
+    import sys
+    import traceback
+
+    try:
+        return fn(args)
+    except KDLensError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"error: interrupted{resume_hint}", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 1

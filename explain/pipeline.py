@@ -156,8 +156,14 @@ def explain_batch(
     max_new_tokens: int = 32,
     how: str = "mean",
     method_settings: dict | None = None,
+    rows: str = "tokens",
 ) -> list[AttributionResult]:
-    """Explain a batch of task inputs (one padded forward/backward for the whole batch)."""
+    """Explain a batch of task inputs (one padded forward/backward for the whole batch).
+
+    ``rows="tokens"`` gives one matrix row per answer token; ``rows="answer"`` one row for the
+    whole answer's log-prob: the same token scores as ``how="sum"`` for the linear methods,
+    at the cost of a single backward pass (what dataset extraction uses).
+    """
     if not items:
         return []
     if top_k < 1:
@@ -186,20 +192,21 @@ def explain_batch(
         loaded.tokenizer.pad_token_id,
         left_pad_prompts=not loaded.is_encoder_decoder,
     )
-    scorer = Scorer(loaded, batch)
+    scorer = Scorer(loaded, batch, rows=rows)
     out = attributor.attribute(scorer)
     seconds = (time.perf_counter() - t0) / len(items)
     lp = batch.prompt_ids.shape[1]
     settings = {
         "top_k": top_k,
         "aggregate": how,
+        "rows": rows,
         "max_new_tokens": max_new_tokens,
         "chat_template": prompts[0].chat,
         **attributor.settings,
     }
     results = []
     for b, (e, ans_ids) in enumerate(zip(enc, given)):
-        n, t = len(e.ids), len(ans_ids)
+        n, t = len(e.ids), (1 if rows == "answer" else len(ans_ids))
         sl = slice(lp - n, lp) if not loaded.is_encoder_decoder else slice(0, n)
         matrix = out.matrix[b, :t, sl].detach().float().cpu()
         scores = aggregate(matrix, how)
@@ -223,7 +230,8 @@ def explain_batch(
                     for i, o in zip(e.ids, e.offsets)
                 ],
                 input_offsets=[list(o) if o else None for o in e.offsets],
-                output_tokens=[tok.decode([i]) for i in ans_ids],
+                output_tokens=[tok.decode(ans_ids).strip()] if rows == "answer"
+                else [tok.decode([i]) for i in ans_ids],
                 matrix=matrix.tolist(),
                 token_scores=scores.tolist(),
                 words=words,

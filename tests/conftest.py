@@ -30,3 +30,14 @@ def smollm2():
     from explain.models import load_model
 
     return load_model("smollm2-135m-instruct", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama saved as a local safetensors folder (a model spec for CLIs)."""
+    import tiny
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
+    tiny.tiny_llama().save_pretrained(folder, safe_serialization=True)
+    tiny.tiny_tokenizer().save_pretrained(folder)
+    return str(folder)

@@ -7,14 +7,9 @@ import pytest
 from explain.cli import main
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    import tiny
-
-    folder = tmp_path_factory.mktemp("m") / "tiny"
-    tiny.tiny_llama().save_pretrained(folder, safe_serialization=True)
-    tiny.tiny_tokenizer().save_pretrained(folder)
-    return str(folder)
+@pytest.fixture
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def test_attribute_json(model_dir, capsys):

@@ -7,14 +7,9 @@ import pytest
 from distill.cli import main
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    import tiny
-
-    folder = tmp_path_factory.mktemp("m") / "tiny"
-    tiny.tiny_llama().save_pretrained(folder, safe_serialization=True)
-    tiny.tiny_tokenizer().save_pretrained(folder)
-    return str(folder)
+@pytest.fixture
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def test_extract_then_overlap(model_dir, datasets_dir, tmp_path, capsys):

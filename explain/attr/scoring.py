@@ -52,10 +52,17 @@ def _tile(x: Tensor, n: int) -> Tensor:
     return x if x.shape[0] == n else x.repeat(n // x.shape[0], *([1] * (x.dim() - 1)))
 
 
-class Scorer:
-    """Callable ``prompt_embeds -> answer log-probs``; the batch's answers are fixed."""
+ROWS = ("tokens", "answer")  # one output row per answer token, or one for the whole answer
 
-    def __init__(self, loaded: LoadedModel, batch: ScoringBatch) -> None:
+
+class Scorer:
+    """Callable ``prompt_embeds -> answer log-probs [B', T]`` (or ``[B', 1]`` with
+    ``rows="answer"``: the summed log-prob, DESIGN's "answer's log-probability")."""
+
+    def __init__(self, loaded: LoadedModel, batch: ScoringBatch, rows: str = "tokens") -> None:
+        if rows not in ROWS:
+            raise ValueError(f"rows must be one of {ROWS}")
+        self.rows = rows
         self.loaded = loaded
         self.model = loaded.model
         dev = loaded.device
@@ -70,7 +77,7 @@ class Scorer:
 
     @property
     def n_outputs(self) -> int:
-        return self.batch.answer_ids.shape[1]
+        return 1 if self.rows == "answer" else self.batch.answer_ids.shape[1]
 
     def baseline(self, kind: str = "zero") -> Tensor:
         """Reference embeddings: ``zero`` vectors or the ``pad`` token's embedding."""
@@ -116,4 +123,6 @@ class Scorer:
             logits = out.logits[:, :-1]
         logp = torch.log_softmax(logits.float(), dim=-1)
         picked = logp.gather(-1, aids.unsqueeze(-1)).squeeze(-1)
-        return picked * amask.to(picked.dtype)
+        picked = picked * amask.to(picked.dtype)
+        # "answer": one row, the whole answer's log-prob (one backward instead of T)
+        return picked.sum(dim=1, keepdim=True) if self.rows == "answer" else picked
