@@ -49,11 +49,26 @@ APP_CSS = """
 .kd-r{background:rgba(230,85,13,.35);border-radius:3px;font-weight:600}
 .kd-g{text-decoration:underline 2px #1a7f37;text-underline-offset:2px}
 #kd-heatmap{overflow-x:auto}
+#kd-token label{padding:2px 8px;font-size:.85em}
+#kd-token .wrap{gap:4px}
 """
 
-# Clicking a heatmap cell picks that answer token in the list below it (plotly_click).
+# Two fixes for plots in .kd-heatmap boxes, checked every 0.7 s (plots re-render):
+# - Gradio autosizes plotly figures to their box; a wide heatmap (layout.meta.kd_width, about
+#   18 px per column) keeps its width instead, and the box scrolls, so 200-word inputs stay legible.
+# - Clicking a heatmap cell picks that answer token in the list (plotly_click).
 HEATMAP_JS = """
 () => {
+  const widen = () => document.querySelectorAll('.kd-heatmap').forEach(box => {
+    const gd = box.querySelector('.js-plotly-plot');
+    const want = gd && gd.layout && gd.layout.meta && gd.layout.meta.kd_width;
+    if (!want || !gd._fullLayout || !window.Plotly) return;
+    const narrow = want > box.clientWidth + 1;
+    gd.style.minWidth = narrow ? want + 'px' : '';
+    if (narrow && Math.abs(gd._fullLayout.width - want) > 1) {
+      window.Plotly.relayout(gd, {autosize: false, width: want});
+    }
+  });
   const bind = () => document.querySelectorAll('#kd-heatmap .js-plotly-plot').forEach(gd => {
     if (gd._kdBound || typeof gd.on !== 'function') return;
     gd._kdBound = true;
@@ -65,7 +80,7 @@ HEATMAP_JS = """
       if (box) box.click();
     });
   });
-  setInterval(bind, 700);
+  setInterval(() => { widen(); bind(); }, 700);
 }
 """
 
@@ -106,15 +121,17 @@ def guarded(where: str, n_out: int) -> Callable:
 
 def input_group(kinds: list[str], default: str) -> dict:
     """The task-input form (one per tab): kind, text fields, gold answer."""
+    t = svc.INPUT_KINDS[default]
     c: dict = {}
     c["kind"] = gr.Radio(kinds, value=default, label="Input", elem_classes=["kd-kind"])
-    c["question"] = gr.Textbox(label="Question", lines=2, placeholder="Type a question…")
-    c["choices"] = gr.Textbox(
-        label="Choices (separate with | or new lines)", placeholder="key | spoon | pillow"
-    )
-    c["premise"] = gr.Textbox(label="Premise", lines=2)
-    c["hypothesis"] = gr.Textbox(label="Hypothesis", lines=1)
-    c["body"] = gr.Textbox(label="Problem", lines=3, placeholder="The story of the problem")
+    c["question"] = gr.Textbox(label="Question", lines=2, placeholder="Type a question…",
+                               visible=t != "nli")  # fmt: skip
+    c["choices"] = gr.Textbox(label="Choices (separate with | or new lines)",
+                              placeholder="key | spoon | pillow", visible=t == "cqa")  # fmt: skip
+    c["premise"] = gr.Textbox(label="Premise", lines=2, visible=t == "nli")
+    c["hypothesis"] = gr.Textbox(label="Hypothesis", lines=1, visible=t == "nli")
+    c["body"] = gr.Textbox(label="Problem", lines=3, placeholder="The story of the problem",
+                           visible=t == "svamp")  # fmt: skip
     c["gold"] = gr.Textbox(label="Gold answer (optional: marks answers correct/wrong)")
     fields = [c[k] for k in ("question", "choices", "premise", "hypothesis", "body")]
     c["kind"].change(_field_visibility, c["kind"], fields, queue=False, api_visibility="private")
@@ -237,8 +254,9 @@ def build_app(
                                elem_classes=["kd-heatmap"])  # fmt: skip
                 bar = gr.Plot(label="Top words", elem_classes=["kd-heatmap"])
                 with gr.Row():
-                    export_btn = gr.Button("Export JSON, CSV and HTML", size="sm")
-                files = gr.File(label="Downloads", file_count="multiple", interactive=False)
+                    export_btn = gr.Button("Export JSON, CSV and HTML", scale=0, min_width=240)
+                    files = gr.File(label="Downloads", file_count="multiple", interactive=False,
+                                    visible=False, scale=1)  # fmt: skip
                 result_state = gr.State(None)
 
             # --------------------------------------------------------------- Compare
@@ -260,10 +278,11 @@ def build_app(
                     with gr.Column(scale=3, min_width=280):
                         cmp_status = gr.Markdown()
                         cmp_cards = gr.HTML()
-                        cmp_table = gr.Dataframe(
-                            headers=svc.COMPARE_COLUMNS, label="Answers", interactive=False,
-                            wrap=True,
-                        )  # fmt: skip
+                        with gr.Accordion("Answers as a table", open=False):
+                            cmp_table = gr.Dataframe(
+                                headers=svc.COMPARE_COLUMNS, label="Answers", interactive=False,
+                                wrap=True,
+                            )  # fmt: skip
 
             # --------------------------------------------------------------- Distill
             with gr.Tab("Distill", id="distill"):
@@ -275,9 +294,17 @@ def build_app(
                     with gr.Column(scale=2, min_width=280):
                         task = gr.Dropdown(list(svc.TASKS), value="cqa", label="Task")
                         source = gr.Radio(list(svc.DATA_SOURCES), value="demo set", label="Data")
-                        data_path = gr.Textbox(label="Data file path (.jsonl or .csv)")
-                        upload = gr.File(label="Upload .jsonl/.csv (max 20 MB)",
-                                         file_types=list(svc.DATA_SUFFIXES))  # fmt: skip
+                        data_path = gr.Textbox(label="Data file path (.jsonl or .csv)",
+                                               visible=False)  # fmt: skip
+                        upload = gr.File(
+                            label="Upload .jsonl/.csv (max 20 MB)", visible=False, height=140,
+                            file_types=list(svc.DATA_SUFFIXES),
+                        )  # fmt: skip
+                        source.change(
+                            lambda s: (gr.update(visible=s == "path"),
+                                       gr.update(visible=s == "upload")),
+                            source, [data_path, upload], queue=False, api_visibility="private",
+                        )  # fmt: skip
                         modes = gr.CheckboxGroup(list(svc.MODES), value=["standard", "saliency"],
                                                  label="Modes")  # fmt: skip
                         with gr.Row():
@@ -318,7 +345,7 @@ def build_app(
                         svc.rationale_sources(ctx.runs_root), label="Rationale file (from a run)",
                         allow_custom_value=True, info="or type a path",
                     )  # fmt: skip
-                    ov_upload = gr.File(label="…or upload rationales.jsonl",
+                    ov_upload = gr.File(label="…or upload rationales.jsonl", height=120,
                                         file_types=[".jsonl", ".json"])  # fmt: skip
                 ov_btn = gr.Button("Analyse", variant="primary", elem_id="kd-overlap")
                 ov_status = gr.Markdown()
@@ -336,21 +363,22 @@ def build_app(
 
         # ------------------------------------------------------------------- callbacks
         @guarded("explain", 8)
-        def on_explain(teacher, kind, q, ch, pr, hy, bo, meth, k, answer, lvl):
+        def on_explain(teacher, kind, q, ch, pr, hy, bo, gold, meth, k, answer, lvl):
             from explain.pipeline import explain
 
             template, fields = svc.task_fields(kind, q, ch, pr, hy, bo)
-            loaded = ctx.model(teacher)
+            loaded = ctx.teacher_model(teacher)
             result = explain(loaded, fields, template=template, method=meth, top_k=int(k),
                              answer=(answer or "").strip() or None)  # fmt: skip
             v = svc.explain_view(result, None, lvl)
+            answer_md = v.answer_md + svc.gold_verdict(template, fields, result.answer, gold)
             radio = gr.update(choices=svc.token_choices(result), value=svc.ALL_TOKENS)
-            return (v.info_md, v.answer_md, v.highlight, v.heatmap, v.bar, v.rationale, radio,
+            return (v.info_md, answer_md, v.highlight, v.heatmap, v.bar, v.rationale, radio,
                     result.to_dict())  # fmt: skip
 
         explain_btn.click(
             on_explain,
-            [teacher_dd, *ex_in["inputs"], method, top_k, given, level],
+            [teacher_dd, *ex_in["inputs"], ex_in["gold"], method, top_k, given, level],
             [ex_status, answer_md, highlight, heat, bar, rationale, token, result_state],
             api_name="explain", concurrency_id="compute", concurrency_limit=2,
         )  # fmt: skip
@@ -362,7 +390,7 @@ def build_app(
             v = svc.explain_view(svc.AttributionResult.from_dict(state), tok, lvl)
             return v.info_md, v.highlight, v.heatmap, v.bar, v.rationale
 
-        for trigger, name in ((token.change, "explain_token"), (level.change, None)):
+        for trigger, name in ((token.input, "explain_token"), (level.input, None)):
             trigger(on_token, [result_state, token, level],
                     [ex_status, highlight, heat, bar, rationale], api_name=name,
                     api_visibility="public" if name else "private",
@@ -374,7 +402,7 @@ def build_app(
                 return error_md("explain a question first, then export it"), gr.skip()
             res = svc.pick_token(svc.AttributionResult.from_dict(state), tok)
             paths = svc.export_result(res, exports)
-            return f"Exported {len(paths)} files.", paths
+            return f"Exported {len(paths)} files.", gr.update(value=paths, visible=True)
 
         export_btn.click(on_export, [result_state, token], [ex_status, files], api_name="export",
                          concurrency_limit=None)  # fmt: skip
@@ -385,7 +413,8 @@ def build_app(
             result, df = svc.compare_one(ctx, teacher, student, template, fields, gold,
                                          runs or [], meth, int(k))  # fmt: skip
             ok = svc.teacher_correct(template, fields, result.answer, (gold or "").strip())
-            note = f"Teacher `{teacher}`, student `{student}`; {len(df)} student answers."
+            note = (f"Teacher `{svc.short_spec(teacher)}`, student `{svc.short_spec(student)}`;"
+                    f" {len(df)} student answers.")  # fmt: skip
             return note, svc.compare_cards(result, df, ok), df
 
         cmp_btn.click(
@@ -411,9 +440,9 @@ def build_app(
             data = svc.resolve_data(tsk, src, path, up, ctx.runs_root, ctx.data_root)
             plan = svc.plan_distill(ctx.runs_root, tsk, data, teacher, student, mds, n, st, bs,
                                     k, rate, meth, tgt, name=name)  # fmt: skip
-            ctx.jobs.start("distill", svc.run_distill, plan=plan, teacher_loader=ctx.model,
+            ctx.jobs.start("distill", svc.run_distill, plan=plan, teacher_loader=ctx.teacher_model,
                            student_loader=ctx.model_loader)  # fmt: skip
-            return svc.status_markdown(ctx.jobs.status(), device), gr.Timer(active=True), plan.modes
+            return svc.status_markdown(ctx.jobs.status()), gr.Timer(active=True), plan.modes
 
         start_btn.click(
             on_start,
@@ -436,7 +465,7 @@ def build_app(
             sig = [st["state"], st["id"], st["step"], len(st["losses"]), len(st["dev"]),
                    st["stage"]]  # fmt: skip
             running = st["state"] in svc.RUNNING_STATES
-            md = svc.status_markdown(st, device)
+            md = svc.status_markdown(st)
             fig = svc.progress_figure(st, mds) if sig != last else gr.skip()
             if running:
                 return md, fig, gr.skip(), gr.skip(), gr.skip(), gr.skip(), sig
@@ -450,7 +479,7 @@ def build_app(
         @guarded("refresh", 4)
         def on_refresh(runs_sel, src_sel):
             busy = ctx.jobs.busy
-            return (svc.status_markdown(ctx.jobs.status(), device) if busy else gr.skip(),
+            return (svc.status_markdown(ctx.jobs.status()) if busy else gr.skip(),
                     *lists(runs_sel, src_sel))  # fmt: skip
 
         refresh_btn.click(on_refresh, [cmp_runs, ov_src], [job_md, runs_df, cmp_runs, ov_src],
@@ -556,6 +585,7 @@ def main(argv: list[str] | None = None) -> None:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes
     args = parse_args(argv)
     demo = build_app(args.teacher, args.student, runs_dir=args.runs, datasets_dir=args.datasets)
     launch_app(demo, args.host, args.port)

@@ -25,7 +25,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from explain.errors import InputError, KDLensError
-from explain.models import LoadedModel, ModelCache, load_model
+from explain.models import LoadedModel, ModelCache, load_model, resolve_spec
+from explain.packs import PACKS
 from explain.result import AttributionResult
 from explain.templates import get_template
 
@@ -105,19 +106,22 @@ class AppContext:
         self.students = ModelCache(max(self.cache_capacity - 1, 1), self.model_loader)
         self.jobs = JobManager()
 
-    def _get(self, spec: str, mine: ModelCache, other: ModelCache, role: str) -> LoadedModel:
+    def _get(self, spec: str, mine: ModelCache, other: ModelCache, role: str, **kw) -> LoadedModel:
         spec = (spec or "").strip()
         if not spec:
             raise InputError(f"no {role} model given; pick one or type a spec")
         if spec in other.loaded_specs() and spec not in mine.loaded_specs():
-            return other.get(spec)  # already loaded in the other role: share it
-        return mine.get(spec)
+            return other.get(spec, **kw)  # already loaded in the other role: share it
+        if spec not in mine.loaded_specs() and spec not in PACKS:
+            # ModelCache evicts before it loads: refuse a mistyped folder before that.
+            resolve_spec(spec)
+        return mine.get(spec, **kw)
 
     def teacher_model(self, spec: str) -> LoadedModel:
         return self._get(spec, self.teachers, self.students, "teacher")
 
-    def student_model(self, spec: str) -> LoadedModel:
-        return self._get(spec, self.students, self.teachers, "student")
+    def student_model(self, spec: str, **kw) -> LoadedModel:
+        return self._get(spec, self.students, self.teachers, "student", **kw)
 
     def loaded_specs(self) -> list[str]:
         return self.teachers.loaded_specs() + self.students.loaded_specs()
@@ -152,8 +156,6 @@ def short_spec(spec: str) -> str:
 
 def model_choices(*specs: str) -> list[str]:
     """Model dropdown choices: the given specs first, then the offline packs."""
-    from explain.packs import PACKS
-
     out: list[str] = []
     for s in [*specs, *PACKS]:
         if s and s not in out:
@@ -411,6 +413,9 @@ def compare_one(
 
     def add(name: str, loaded: LoadedModel, mode: str, task_name: str, note: str = "") -> None:
         p = predict_one(loaded, task_name, fields, gold=gold, mode=mode, rationale_words=words)
+        if p.choice and p.choice.strip().lower() not in p.answer.lower():
+            # An answer naming no option gets its likeliest option's probability: say which.
+            note = "; ".join(x for x in (note, f"likeliest option: {p.choice}") if x)
         rows.append([name, mode, p.answer, round(float(p.probability), 4), p.correct, note])
 
     add("student, no rationale", s_loaded, "standard", task)
@@ -426,7 +431,9 @@ def compare_one(
         if run_task and get_task(run_task).template != template:
             rows.append([name, mode, "", None, None, f"trained on {run_task}; not this format"])
             continue
-        loaded = ctx.student_model(str(run.model_dir))
+        # Prompt the run's model as it was trained (with or without the chat template).
+        kw = {} if settings.get("chat_template", True) else {"use_chat_template": False}
+        loaded = ctx.student_model(str(run.model_dir), **kw)
         add(name, loaded, mode, compare_task(template, run_task))
     return result, pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
@@ -769,7 +776,7 @@ def status_markdown(status: dict, device: str | None = None) -> str:
     lines = [" · ".join(p for p in parts if p)]
     if status.get("error"):
         lines.append(f"⚠ {html.escape(status['error'])}")
-    elif status.get("message"):
+    elif status.get("message") and status["message"] != state:
         lines.append(html.escape(str(status["message"])))
     result = status.get("result") or {}
     if result.get("accuracy"):
@@ -1035,7 +1042,8 @@ def overlap_page(
         teacher = rec.get("teacher_answer")
         body.append(
             "<tr>"
-            f"<td>{html.escape(str(row['id']))}</td>"
+            f"<td title='{html.escape(str(row['id']), quote=True)}'>"
+            f"{html.escape(shorten(row['id'], 14))}</td>"
             f"<td class='kd-input'>{_marked(_record_text(rec), rat, gold)}</td>"
             f"<td>{html.escape(' '.join(row['rationale']))}</td>"
             f"<td><span class='kd-g'>{html.escape(row['gold'])}</span></td>"

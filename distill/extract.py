@@ -221,7 +221,8 @@ def extract(
         if progress:
             el = time.perf_counter() - t0
             rate = n_done / el if el > 0 else 0.0
-            progress({"stage": "extract", "done": len(done) + n_done, "total": len(examples),
+            progress({"stage": "extract", "done": len(done) + n_done, "step": len(done) + n_done,
+                      "total": len(examples),
                       "examples_per_s": rate,
                       "eta_s": (total - n_done) / rate if rate > 0 else None})
     state.wait_for_everyone()

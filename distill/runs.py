@@ -335,8 +335,8 @@ def list_runs(root: str | Path | None = None):
             settings = cfg.get("settings") or cfg
             summary = run.summary() or {}
             status = st.get("status")
-            if status not in ("finished", "failed"):
-                status = "unfinished"  # stopped, killed, or running now
+            if status not in ("finished", "failed", "stopped"):
+                status = "unfinished"  # killed, or running now
             steps = summary.get("steps", st.get("step"))
             if steps is None:
                 done = [r.get("step") for r in run.metrics() if "step" in r]

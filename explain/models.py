@@ -237,13 +237,14 @@ class ModelCache:
             if key in self._models:
                 self._models[key] = self._models.pop(key)  # most recently used last
                 return self._models[key]
-            while len(self._models) >= self.capacity:
+            # Load first: a mistyped spec must not cost the models already loaded.
+            loaded = self.loader(spec, **kwargs)
+            self._models[key] = loaded
+            while len(self._models) > self.capacity:
                 self._models.pop(next(iter(self._models)))
                 gc.collect()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-            loaded = self.loader(spec, **kwargs)
-            self._models[key] = loaded
             return loaded
 
     def loaded_specs(self) -> list[str]:

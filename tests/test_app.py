@@ -153,7 +153,7 @@ def call(client, api: str, *args, timeout: float = 60):
 
 def explain_args(model, question=QUESTION[0], choices=QUESTION[1], kind="Multiple choice",
                  method="saliency", k=3):  # fmt: skip
-    return (str(model), kind, question, choices, "", "", "", method, k, "", "word")
+    return (str(model), kind, question, choices, "", "", "", "", method, k, "", "word")
 
 
 def is_error(md: str) -> bool:
@@ -199,6 +199,8 @@ def test_explain_one_answer_token_and_export(world):
     assert fig["layout"]["shapes"][0]["y0"] == -0.5  # the picked row is outlined
     status, files = call(c, "/export", "0")
     assert "Exported 3 files" in status
+    assert files["visible"] is True  # the downloads box shows up with the files
+    files = files["value"]
     names = sorted(Path(f).suffix for f in files)
     assert names == [".csv", ".html", ".json"]
     data = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())
@@ -216,8 +218,8 @@ def test_explain_one_answer_token_and_export(world):
     ],
 )
 def test_explain_bad_input_gives_a_message(world, kind, question, choices, premise, hyp, expect):
-    args = (str(world["model"]), kind, question, choices, premise, hyp, "", "saliency", 3, "",
-            "word")  # fmt: skip
+    args = (str(world["model"]), kind, question, choices, premise, hyp, "", "", "saliency", 3,
+            "", "word")  # fmt: skip
     out = call(world["client"], "/explain", *args)
     assert is_error(out[0]) and expect in out[0]
     assert "Traceback" not in out[0]
@@ -254,7 +256,30 @@ def test_models_load_once_and_are_shared(world):
     c = world["client"]
     for _ in range(2):
         call(c, "/explain", *explain_args(world["model"]))
+    # Teacher and student are the same folder: one load serves both roles.
     assert world["loader"].counts.get(str(world["model"])) == 1
+
+
+def test_gold_answer_marks_the_teachers_answer(world):
+    args = list(explain_args(world["model"]))
+    args[7] = "cupboard"  # gold
+    answer = call(world["client"], "/explain", *args)[1]
+    assert "✓ correct" in answer or "✗ wrong (gold: cupboard)" in answer
+
+
+def test_switching_teacher_frees_the_old_one(tmp_path):
+    ctx = svc.AppContext("a", "b", tmp_path, model_loader=lambda spec, **kw: tiny.loaded())
+    ctx.teacher_model("a")
+    ctx.student_model("b")
+    assert ctx.teacher_model("a") is ctx.teachers.get("a")  # cached
+    ctx.teacher_model("c")
+    assert ctx.teachers.loaded_specs() == ["c"] and ctx.students.loaded_specs() == ["b"]
+    assert ctx.student_model("c") is ctx.teachers.get("c")  # shared, not loaded again
+    with pytest.raises(svc.KDLensError, match="no teacher model"):
+        ctx.teacher_model(" ")
+    with pytest.raises(svc.KDLensError, match="not an existing folder"):
+        ctx.teacher_model(str(tmp_path / "typo" / "model"))
+    assert ctx.teachers.loaded_specs() == ["c"]  # a mistyped spec evicts nothing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,3 +530,16 @@ def test_overlap_page_filters_and_marks_words():
     assert '<span class="kd-r kd-g">sink</span>' in html_
     html_, _ = svc.overlap_page(rows, recs, page=9, per_page=1)
     assert "page 2 of 2" in html_
+
+
+def test_cli_flags_and_env_overrides(monkeypatch):
+    import app
+
+    args = app.parse_args([])
+    assert (args.host, args.port) == ("127.0.0.1", 7860)  # local only by default
+    monkeypatch.setenv("KDLENS_TEACHER", "/models/t")
+    monkeypatch.setenv("KDLENS_PORT", "9999")
+    monkeypatch.setenv("KDLENS_RUNS", "/tmp/r")
+    args = app.parse_args(["--student", "s", "--host", "0.0.0.0"])
+    assert (args.teacher, args.student, args.port, args.runs, args.host) == (
+        "/models/t", "s", 9999, "/tmp/r", "0.0.0.0")  # fmt: skip

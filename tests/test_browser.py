@@ -91,18 +91,25 @@ def test_explain_renders_the_heatmap_and_a_click_picks_a_token(page):
     page.locator("#kd-explain").click()
     plot = page.locator("#kd-heatmap .js-plotly-plot")
     plot.locator(".main-svg").first.wait_for()
-    kind = page.evaluate(
-        "() => document.querySelector('#kd-heatmap .js-plotly-plot').data[0].type"
-    )
+    kind = page.evaluate("() => document.querySelector('#kd-heatmap .js-plotly-plot').data[0].type")
     assert kind == "heatmap"
     ticks = page.locator("#kd-heatmap .xtick text").all_text_contents()
     assert "plate" in ticks and "cupboard" in ticks
     assert "Teacher's answer" in page.locator("#kd-answer").inner_text()
+    page.get_by_role("button", name="Export JSON, CSV and HTML").click()
+    for ext in ("json", "csv", "html"):  # three download links
+        page.locator(f'[aria-label="kdlens-saliency.{ext}"]').first.wait_for()
     shot(page, "explain")
     # A click on the first heatmap row selects that answer token in the list.
-    box = plot.locator(".nsewdrag").first.bounding_box()
+    # (plotly reports a click at the point hovered last: move there first, in view)
+    drag = plot.locator(".nsewdrag").first
+    drag.scroll_into_view_if_needed()
+    box = drag.bounding_box()
     rows = page.evaluate("() => document.querySelector('#kd-heatmap .js-plotly-plot').data[0].y")
-    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / (2 * len(rows)))
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / (2 * len(rows))
+    page.mouse.move(x, y)
+    page.mouse.move(x + 1, y + 1)
+    page.mouse.click(x + 1, y + 1)
     page.wait_for_function(
         "() => (document.querySelector('#kd-explain-status') || {}).innerText"
         "?.includes('answer token 0')"
@@ -127,13 +134,18 @@ def test_compare_and_overlap_tabs(page):
     page.locator("#kd-overlap").click()
     page.locator(".kd-table").wait_for()
     assert page.locator(".kd-table tr").count() == 11
-    page.locator("text=hit").first.wait_for()
+    page.wait_for_function(  # the summary bars and the histograms are drawn
+        "() => [...document.querySelectorAll('.js-plotly-plot')]"
+        ".filter(p => (p.data || []).some(t => ['bar', 'histogram'].includes(t.type)))"
+        ".length >= 2"
+    )
     shot(page, "overlap")
 
 
 def test_distill_starts_and_stops_from_the_page(page, app_url):
     tab(page, "Distill")
     page.get_by_label("path", exact=True).check()
+    visible(page, "Data file path (.jsonl or .csv)").wait_for()
     visible(page, "Data file path (.jsonl or .csv)").fill(str(app_url["data"]))
     page.get_by_label("saliency", exact=True).uncheck()
     steps = visible(page, "Steps")
@@ -158,19 +170,24 @@ def test_narrow_screen_keeps_the_heatmap_scrollable(browser, app_url):
     page = ctx.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(app_url["url"])
-    text = " ".join(f"word{i}" for i in range(200))
+    words = "plate sink table apples music guitar stage kitchen cupboard restaurant".split()
+    text = " ".join(words[i % len(words)] for i in range(200))  # cut to the tiny context
     page.get_by_label("Free text").check()
     visible(page, "Text").fill(text)
     page.locator("#kd-explain").click()
     page.locator("#kd-heatmap .js-plotly-plot .main-svg").first.wait_for()
+    page.wait_for_function(  # the app's script restores the figure's own width
+        "() => { const p = document.querySelector('#kd-heatmap .js-plotly-plot');"
+        " return p._fullLayout && p._fullLayout.width > 500; }"
+    )
     widths = page.evaluate(
         "() => { const e = document.querySelector('#kd-heatmap');"
         " const p = e.querySelector('.js-plotly-plot');"
-        " return [e.clientWidth, e.scrollWidth, p.getBoundingClientRect().width,"
+        " return [e.clientWidth, e.scrollWidth, p._fullLayout.width, p.data[0].x.length,"
         " document.documentElement.scrollWidth]; }"
     )
-    box, scroll, plot, page_width = widths
-    assert plot > 200 * 10  # about 18 px per word column: labels stay readable
+    box, scroll, plot, columns, page_width = widths
+    assert columns >= 40 and plot >= 17 * columns  # about 18 px per word: labels stay legible
     assert scroll > box  # the heatmap scrolls inside its box...
     assert page_width <= 390 + 2  # ...not the page
     shot(page, "explain-narrow")

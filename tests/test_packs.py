@@ -148,3 +148,11 @@ def test_model_cache_shares_and_frees():
     assert cache.get("a") is a and calls == ["a"]
     cache.get("b")
     assert cache.loaded_specs() == ["b"]  # switching freed the old one
+
+    def failing(spec, **kw):
+        raise ValueError("no such model")
+
+    cache.loader = failing
+    with pytest.raises(ValueError):
+        cache.get("typo")
+    assert cache.loaded_specs() == ["b"]  # a failed load keeps what was loaded

@@ -124,7 +124,7 @@ def test_list_runs(tmp_path):
     assert df.loc["done", "status"] == "finished" and df.loc["done", "accuracy"] == 0.75
     assert df.loc["done", "steps"] == 10 and df.loc["done", "mode"] == "saliency"
     assert df.loc["broken", "status"] == "failed"
-    assert df.loc["paused", "status"] == "unfinished" and df.loc["killed", "status"] == "unfinished"
+    assert df.loc["paused", "status"] == "stopped" and df.loc["killed", "status"] == "unfinished"
     assert df.loc["killed", "steps"] == 1
     assert runs.list_runs(tmp_path / "none").empty
 
