@@ -93,7 +93,12 @@ def main() -> None:
 
     t0 = time.perf_counter()
     tres = evaluate(
-        teacher, "cqa", dev_ex, mode="standard", batch_size=4, max_new_tokens=8,
+        teacher,
+        "cqa",
+        dev_ex,
+        mode="standard",
+        batch_size=4,
+        max_new_tokens=8,
         choices=args.teacher_choices,
     )
     times["teacher_eval"] = time.perf_counter() - t0

@@ -55,12 +55,27 @@ def cmd_extract(args: argparse.Namespace) -> int:
     bar, update = _bar(len(examples), "extract")
     settings = {"n_steps": args.steps} if args.steps else None
     summary = extract(
-        teacher, examples, out, task=args.task, method=args.method, top_k=args.top_k,
-        target=args.target, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-        with_faithfulness=not args.no_faithfulness, faithfulness_limit=args.faithfulness_limit,
-        rows=args.rows, seed=args.seed, method_settings=settings,
-        config={"data": str(args.data), "data_hash": data_hash(args.data), "split": args.split,
-                "dev_size": args.dev_size, "limit": args.limit},
+        teacher,
+        examples,
+        out,
+        task=args.task,
+        method=args.method,
+        top_k=args.top_k,
+        target=args.target,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        with_faithfulness=not args.no_faithfulness,
+        faithfulness_limit=args.faithfulness_limit,
+        rows=args.rows,
+        seed=args.seed,
+        method_settings=settings,
+        config={
+            "data": str(args.data),
+            "data_hash": data_hash(args.data),
+            "split": args.split,
+            "dev_size": args.dev_size,
+            "limit": args.limit,
+        },
         progress=update,
     )
     bar.close()
@@ -72,11 +87,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
     cfg = TrainConfig(
-        student=args.student, task=args.task, data=args.data, mode=args.mode,
-        rationales=args.rationales, alpha=args.alpha, steps=args.steps, epochs=args.epochs,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, seed=args.seed,
-        dev_size=args.dev_size, dev_limit=args.dev_limit, limit=args.limit,
-        eval_every=args.eval_every, save_every=args.save_every, out=args.out,
+        student=args.student,
+        task=args.task,
+        data=args.data,
+        mode=args.mode,
+        rationales=args.rationales,
+        alpha=args.alpha,
+        steps=args.steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr=args.lr,
+        seed=args.seed,
+        dev_size=args.dev_size,
+        dev_limit=args.dev_limit,
+        limit=args.limit,
+        eval_every=args.eval_every,
+        save_every=args.save_every,
+        out=args.out,
     )
 
     def progress(p: dict) -> None:
@@ -95,18 +123,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     examples = _examples(args)
     rationales = load_rationale_map(args.with_rationales) if args.with_rationales else None
     mode = args.mode or ("hint" if rationales else None)
-    result = evaluate(args.model, args.task, examples, mode=mode, rationales=rationales,
-                      batch_size=args.batch_size)
+    result = evaluate(
+        args.model,
+        args.task,
+        examples,
+        mode=mode,
+        rationales=rationales,
+        batch_size=args.batch_size,
+    )
     if args.predictions:
         from .runs import atomic_write_text
 
-        atomic_write_text(args.predictions, "".join(json.dumps(p) + "\n"
-                                                    for p in result.predictions))
+        atomic_write_text(
+            args.predictions, "".join(json.dumps(p) + "\n" for p in result.predictions)
+        )
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
-        print(f"accuracy        {result.accuracy:.4f}  95% CI [{result.ci_low:.4f}, "
-              f"{result.ci_high:.4f}]  n={result.n}")
+        print(
+            f"accuracy        {result.accuracy:.4f}  95% CI [{result.ci_low:.4f}, "
+            f"{result.ci_high:.4f}]  n={result.n}"
+        )
         if result.choice_accuracy is not None:
             print(f"choice accuracy {result.choice_accuracy:.4f}")
     return 0
@@ -131,8 +168,9 @@ def cmd_overlap(args: argparse.Namespace) -> int:
         other = {r.get("task") for r in records} - {args.task, None}
         if other:
             raise KDLensError(f"the rationale file holds task {other.pop()!r}, not {args.task!r}")
-    report = overlap_report(records, seed=args.seed, n_random=args.n_random,
-                            drop_stopwords=args.drop_stopwords)
+    report = overlap_report(
+        records, seed=args.seed, n_random=args.n_random, drop_stopwords=args.drop_stopwords
+    )
     if args.json:
         print(json.dumps(report.to_dict(), default=str))
         return 0
@@ -165,8 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--max-new-tokens", type=int, default=16)
     e.add_argument("--steps", type=int, help="integrated_gradients steps")
-    e.add_argument("--rows", choices=["answer", "tokens"], default="answer",
-                   help="attribute the whole answer (one backward) or each answer token")
+    e.add_argument(
+        "--rows",
+        choices=["answer", "tokens"],
+        default="answer",
+        help="attribute the whole answer (one backward) or each answer token",
+    )
     e.add_argument("--no-faithfulness", action="store_true")
     e.add_argument("--faithfulness-limit", type=int, help="ERASER figures on the first N only")
     e.add_argument("--device")

@@ -34,8 +34,9 @@ from .runs import RunDir, append_jsonl, atomic_write_text, read_jsonl
 RATIONALES = "rationales.jsonl"
 
 
-def cache_key(teacher: str, method: str, top_k: int, target: str, data_hash: str,
-              extra: dict | None = None) -> str:
+def cache_key(
+    teacher: str, method: str, top_k: int, target: str, data_hash: str, extra: dict | None = None
+) -> str:
     """Identity of an extraction: same key, same results (reused instead of recomputed)."""
     blob = json.dumps([teacher, method, top_k, target, data_hash, extra or {}], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -85,8 +86,14 @@ def faithfulness(
     }
 
 
-def _record(ex: Example, res: AttributionResult, task: str, correct: bool, faith: dict | None,
-            settings: dict) -> dict:
+def _record(
+    ex: Example,
+    res: AttributionResult,
+    task: str,
+    correct: bool,
+    faith: dict | None,
+    settings: dict,
+) -> dict:
     word = lambda w: {"text": w.text, "start": w.start, "end": w.end, "score": w.score}  # noqa: E731
     return {
         "id": ex.id,
@@ -173,19 +180,35 @@ def extract(
     state = PartialState()
     run = RunDir(out_dir)
     settings = {
-        "kind": "extract", "task": spec.name, "teacher": teacher.spec, "method": method,
-        "top_k": top_k, "target": target, "max_new_tokens": max_new_tokens, "seed": seed,
-        "n_examples": len(examples), "method_settings": method_settings or {},
-        "faithfulness": with_faithfulness, "faithfulness_limit": faithfulness_limit,
-        "rows": rows, **(config or {}),
+        "kind": "extract",
+        "task": spec.name,
+        "teacher": teacher.spec,
+        "method": method,
+        "top_k": top_k,
+        "target": target,
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+        "n_examples": len(examples),
+        "method_settings": method_settings or {},
+        "faithfulness": with_faithfulness,
+        "faithfulness_limit": faithfulness_limit,
+        "rows": rows,
+        **(config or {}),
     }
-    settings["cache_key"] = cache_key(teacher.spec, method, top_k, target,
-                                      settings.get("data_hash", ""), {"n": len(examples)})
+    settings["cache_key"] = cache_key(
+        teacher.spec, method, top_k, target, settings.get("data_hash", ""), {"n": len(examples)}
+    )
     if run.is_finished and run.config().get("cache_key") == settings["cache_key"]:
         summary = dict(run.summary() or {}, cached=True)
         if progress:
-            progress({"stage": "extract", "done": len(examples), "total": len(examples),
-                      "message": "cached: same teacher, method, k, target and data"})
+            progress(
+                {
+                    "stage": "extract",
+                    "done": len(examples),
+                    "total": len(examples),
+                    "message": "cached: same teacher, method, k, target and data",
+                }
+            )
         return summary
     if state.is_main_process:
         run.create(settings)
@@ -206,9 +229,15 @@ def extract(
         chunk = mine[start : start + batch_size]
         answers = [ex.label if target == "gold" else None for ex in chunk]
         results = explain_batch(
-            teacher, [ex.fields for ex in chunk], template=spec.template, method=method,
-            top_k=top_k, answers=answers, max_new_tokens=max_new_tokens,
-            method_settings=method_settings, rows=rows,
+            teacher,
+            [ex.fields for ex in chunk],
+            template=spec.template,
+            method=method,
+            top_k=top_k,
+            answers=answers,
+            max_new_tokens=max_new_tokens,
+            method_settings=method_settings,
+            rows=rows,
         )
         for ex, res in zip(chunk, results):
             faith = None
@@ -221,24 +250,40 @@ def extract(
         if progress:
             el = time.perf_counter() - t0
             rate = n_done / el if el > 0 else 0.0
-            progress({"stage": "extract", "done": len(done) + n_done, "step": len(done) + n_done,
-                      "total": len(examples),
-                      "examples_per_s": rate,
-                      "eta_s": (total - n_done) / rate if rate > 0 else None})
+            progress(
+                {
+                    "stage": "extract",
+                    "done": len(done) + n_done,
+                    "step": len(done) + n_done,
+                    "total": len(examples),
+                    "examples_per_s": rate,
+                    "eta_s": (total - n_done) / rate if rate > 0 else None,
+                }
+            )
     state.wait_for_everyone()
     if stop is not None and stop.is_set():
         run.set_status("stopped", stage="extract", done=len(done_ids(run)))
-        return {"status": "stopped", "done": len(done_ids(run)), "total": len(examples),
-                "run_dir": str(run.path)}
+        return {
+            "status": "stopped",
+            "done": len(done_ids(run)),
+            "total": len(examples),
+            "run_dir": str(run.path),
+        }
     summary = {}
     if state.is_main_process:
         records = merge_parts(run, examples)
         correct = [bool(r["teacher_correct"]) for r in records]
         summary = {
-            "kind": "extract", "task": spec.name, "teacher": teacher.spec, "method": method,
-            "top_k": top_k, "target": target, "n": len(records),
+            "kind": "extract",
+            "task": spec.name,
+            "teacher": teacher.spec,
+            "method": method,
+            "top_k": top_k,
+            "target": target,
+            "n": len(records),
             "teacher_accuracy": sum(correct) / len(correct) if correct else None,
-            "seconds": time.perf_counter() - t0, "run_dir": str(run.path),
+            "seconds": time.perf_counter() - t0,
+            "run_dir": str(run.path),
             "rationales": str(run.path / RATIONALES),
         }
         run.finish(summary)

@@ -133,7 +133,5 @@ def _run(args: argparse.Namespace) -> int:
         how=args.aggregate,
         method_settings=settings,
     )
-    print(
-        json.dumps(result.to_dict(), ensure_ascii=False) if args.json else render_text(result)
-    )
+    print(json.dumps(result.to_dict(), ensure_ascii=False) if args.json else render_text(result))
     return 0

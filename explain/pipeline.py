@@ -230,7 +230,8 @@ def explain_batch(
                     for i, o in zip(e.ids, e.offsets)
                 ],
                 input_offsets=[list(o) if o else None for o in e.offsets],
-                output_tokens=[tok.decode(ans_ids).strip()] if rows == "answer"
+                output_tokens=[tok.decode(ans_ids).strip()]
+                if rows == "answer"
                 else [tok.decode([i]) for i in ans_ids],
                 matrix=matrix.tolist(),
                 token_scores=scores.tolist(),

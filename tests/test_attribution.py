@@ -156,8 +156,9 @@ def test_unknown_method_is_a_clear_error(tiny):
 
 def test_answer_row_is_the_whole_answer_log_prob(tiny):
     per_token = explain(tiny, CQA, template="cqa", method="input_x_gradient", answer=ANSWER)
-    whole = explain(tiny, CQA, template="cqa", method="input_x_gradient", answer=ANSWER,
-                    rows="answer")
+    whole = explain(
+        tiny, CQA, template="cqa", method="input_x_gradient", answer=ANSWER, rows="answer"
+    )
     assert len(whole.matrix) == 1 and whole.output_tokens == [ANSWER]
     # linear in the gradient: the answer row is the sum of the token rows
     _close(whole.matrix[0], torch.tensor(per_token.matrix).sum(0))

@@ -15,8 +15,25 @@ def model_dir(tiny_model_dir):
 def test_extract_then_overlap(model_dir, datasets_dir, tmp_path, capsys):
     data = str(datasets_dir / "cqa/cqa_train.json")
     out = str(tmp_path / "ext")
-    rc = main(["extract", "--teacher", model_dir, "--task", "cqa", "--data", data, "--limit", "5",
-               "--top-k", "3", "--max-new-tokens", "3", "--out", out])
+    rc = main(
+        [
+            "extract",
+            "--teacher",
+            model_dir,
+            "--task",
+            "cqa",
+            "--data",
+            data,
+            "--limit",
+            "5",
+            "--top-k",
+            "3",
+            "--max-new-tokens",
+            "3",
+            "--out",
+            out,
+        ]
+    )
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["n"] == 5 and summary["top_k"] == 3
@@ -41,9 +58,28 @@ def test_extract_split_is_disjoint(model_dir, datasets_dir, tmp_path, capsys):
     data = str(datasets_dir / "cqa/cqa_train.json")
     ids = {}
     for part in ("train", "dev"):
-        rc = main(["extract", "--teacher", model_dir, "--task", "cqa", "--data", data,
-                   "--limit", "10", "--dev-size", "3", "--split", part, "--no-faithfulness",
-                   "--max-new-tokens", "2", "--out", str(tmp_path / part)])
+        rc = main(
+            [
+                "extract",
+                "--teacher",
+                model_dir,
+                "--task",
+                "cqa",
+                "--data",
+                data,
+                "--limit",
+                "10",
+                "--dev-size",
+                "3",
+                "--split",
+                part,
+                "--no-faithfulness",
+                "--max-new-tokens",
+                "2",
+                "--out",
+                str(tmp_path / part),
+            ]
+        )
         assert rc == 0
         capsys.readouterr()
         lines = (tmp_path / part / "rationales.jsonl").read_text().splitlines()
@@ -52,11 +88,14 @@ def test_extract_split_is_disjoint(model_dir, datasets_dir, tmp_path, capsys):
     assert not ids["train"] & ids["dev"]
 
 
-@pytest.mark.parametrize("argv,msg", [
-    (["overlap", "--rationales", "/no/such/file.jsonl"], "error: "),
-    (["extract", "--task", "cqa", "--data", "/no/such.json", "--out", "x"], "error: "),
-    (["extract", "--task", "cqa", "--data", "README.md", "--out", "../escape"], "error: "),
-])
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["overlap", "--rationales", "/no/such/file.jsonl"], "error: "),
+        (["extract", "--task", "cqa", "--data", "/no/such.json", "--out", "x"], "error: "),
+        (["extract", "--task", "cqa", "--data", "README.md", "--out", "../escape"], "error: "),
+    ],
+)
 def test_bad_input_one_line(argv, msg, capsys):
     rc = main(argv)
     err = capsys.readouterr().err

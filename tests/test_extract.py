@@ -49,8 +49,15 @@ def test_gold_target_attributes_the_label(cqa_examples, tmp_path):
     import tiny
 
     loaded = tiny.loaded("llama")
-    summary = extract(loaded, cqa_examples[:2], tmp_path / "g", task="cqa", target="gold",
-                      with_faithfulness=False, top_k=2)
+    summary = extract(
+        loaded,
+        cqa_examples[:2],
+        tmp_path / "g",
+        task="cqa",
+        target="gold",
+        with_faithfulness=False,
+        top_k=2,
+    )
     recs = read_jsonl(tmp_path / "g" / RATIONALES)
     assert [r["teacher_answer"] for r in recs] == [ex.label for ex in cqa_examples[:2]]
     assert all(r["teacher_correct"] for r in recs)
@@ -88,8 +95,9 @@ def test_finished_extraction_is_cached(cqa_examples, tmp_path):
     import tiny
 
     loaded = tiny.loaded("llama")
-    kw = dict(task="cqa", top_k=2, max_new_tokens=2, with_faithfulness=False,
-              config={"data_hash": "abc"})
+    kw = dict(
+        task="cqa", top_k=2, max_new_tokens=2, with_faithfulness=False, config={"data_hash": "abc"}
+    )
     extract(loaded, cqa_examples[:2], tmp_path / "c", **kw)
     before = (tmp_path / "c" / RATIONALES).read_text()
     again = extract(loaded, cqa_examples[:2], tmp_path / "c", **kw)
