@@ -177,7 +177,8 @@ def extract(
     if target not in ("generated", "gold"):
         raise ValueError("target must be 'generated' or 'gold'")
     spec = get_task(task)
-    state = PartialState()
+    # cpu=True without a GPU so several CPU processes (torchrun, accelerate launch) use gloo
+    state = PartialState(cpu=not torch.cuda.is_available())
     run = RunDir(out_dir)
     settings = {
         "kind": "extract",

@@ -423,12 +423,13 @@ def _accelerator(bf16: str | bool):
     else:
         use = bf16 in (True, "true", "1", "yes", "on", "bf16")
     precision = "bf16" if use else "no"
+    cpu = not torch.cuda.is_available()  # lets torchrun / accelerate launch run gloo on CPUs
     try:
-        return Accelerator(mixed_precision=precision)
+        return Accelerator(mixed_precision=precision, cpu=cpu)
     except ValueError:
         # One process may train with and without bf16 (the app): the state is a singleton.
         AcceleratorState._reset_state()
-        return Accelerator(mixed_precision=precision)
+        return Accelerator(mixed_precision=precision, cpu=cpu)
 
 
 def _load_examples(config: TrainConfig):

@@ -100,3 +100,61 @@ def test_bad_input_one_line(argv, msg, capsys):
     rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith(msg) and err.count("\n") == 1
+
+
+def test_extract_sharded_over_two_processes(model_dir, datasets_dir, tmp_path):
+    """torchrun (what `accelerate launch` uses) with 2 CPU processes: shards merged in order."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = str(datasets_dir / "cqa/cqa_train.json")
+    args = [
+        "--teacher",
+        model_dir,
+        "--task",
+        "cqa",
+        "--data",
+        data,
+        "--limit",
+        "7",
+        "--top-k",
+        "2",
+        "--max-new-tokens",
+        "2",
+        "--no-faithfulness",
+    ]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "distill",
+            "extract",
+            *args,
+            "--out",
+            str(tmp_path / "sharded"),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    parts = sorted(p.name for p in (tmp_path / "sharded" / "parts").iterdir())
+    assert parts == ["rank0-of2.jsonl", "rank1-of2.jsonl"]
+    assert main(["extract", *args, "--out", str(tmp_path / "single")]) == 0
+    sharded = [
+        json.loads(x) for x in (tmp_path / "sharded/rationales.jsonl").read_text().split("\n") if x
+    ]
+    single = [
+        json.loads(x) for x in (tmp_path / "single/rationales.jsonl").read_text().split("\n") if x
+    ]
+    assert [r["index"] for r in sharded] == list(range(7))
+    assert [r["id"] for r in sharded] == [r["id"] for r in single]
+    assert [[w["text"] for w in r["rationale"]] for r in sharded] == [
+        [w["text"] for w in r["rationale"]] for r in single
+    ]
