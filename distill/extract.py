@@ -245,7 +245,8 @@ def extract(
             if with_faithfulness and (faithfulness_limit is None or ex.id in faith_ids):
                 rng = random.Random(f"{seed}:{ex.id}")
                 faith = faithfulness(teacher, res, res.input_ids, res.output_ids, rng)
-            correct = score_answer(spec, res.answer, ex)
+            # with the gold answer as target, the teacher's own answer is not measured
+            correct = score_answer(spec, res.answer, ex) if target == "generated" else None
             append_jsonl(part, _record(ex, res, spec.name, correct, faith, settings))
             n_done += 1
         if progress:
@@ -273,7 +274,7 @@ def extract(
     summary = {}
     if state.is_main_process:
         records = merge_parts(run, examples)
-        correct = [bool(r["teacher_correct"]) for r in records]
+        correct = [r["teacher_correct"] for r in records if r["teacher_correct"] is not None]
         summary = {
             "kind": "extract",
             "task": spec.name,
