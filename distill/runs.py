@@ -14,12 +14,12 @@ import os
 import platform
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from explain.errors import KDLensError
+from explain.io import atomic_write_text
 
 KDLENS_VERSION = "0.1.0"
 NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
@@ -56,22 +56,6 @@ def safe_run_dir(root: str | Path, name: str) -> Path:
     if path.parent != root_resolved:
         raise RunError(f"run name {name!r} leaves the runs folder {root_resolved}")
     return path
-
-
-def atomic_write_text(path: str | Path, data: str) -> None:
-    """Write ``data`` to a temp file next to ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:

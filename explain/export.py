@@ -5,12 +5,11 @@ from __future__ import annotations
 import csv
 import html
 import io
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from . import figures
+from .io import atomic_write_text
 from .result import AttributionResult
 
 
@@ -159,20 +158,6 @@ def _safe_stem(stem: str) -> str:
     return re.sub(r"[^\w.-]+", "_", stem).strip("._") or "result"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; exports are ordinary shareable files
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_exports(result: AttributionResult, out_dir: str | Path, stem: str) -> dict[str, Path]:
     """Write ``stem.json``, ``stem.csv`` and ``stem.html`` atomically; return their paths."""
     out = Path(out_dir)
@@ -181,6 +166,6 @@ def write_exports(result: AttributionResult, out_dir: str | Path, stem: str) -> 
     paths = {}
     for kind, make in (("json", to_json), ("csv", to_csv), ("html", to_html)):
         path = out / f"{stem}.{kind}"
-        _write_atomic(path, make(result))
+        atomic_write_text(path, make(result))
         paths[kind] = path
     return paths
