@@ -6,7 +6,6 @@ figure is defined in :data:`DEFINITIONS`, which the CLI, the app and the README 
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from statistics import mean
 
 from explain.words import WORD_RE
 
-from .data import DataError
+from .data import DataError, _read_jsonl
 
 DEFINITIONS: dict[str, str] = {
     "hit": "share of examples where at least one rationale word is a word of the gold answer "
@@ -83,19 +82,7 @@ def load_rationales(path: str | Path) -> list[dict]:
         path = path / "rationales.jsonl"
     if not path.is_file():
         raise DataError(f"rationale file not found: {path}")
-    out = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path.name} line {n}: malformed JSON ({e.msg} at column {e.colno})"
-                ) from None
-            out.append(_check_record(rec, path.name, n))
-    return out
+    return [_check_record(rec, path.name, n) for n, rec in _read_jsonl(path)]
 
 
 # ---------------------------------------------------------------------------------------------

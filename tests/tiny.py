@@ -16,6 +16,23 @@ CORPUS = [
 ]
 
 
+# Ten memorisable CQA records (question, choices, answer) built from CORPUS words.
+CQA_ITEMS = [
+    ("Where would you put a plate after washing it?",
+     ["cupboard", "table", "sink", "restaurant", "kitchen"], "cupboard"),
+    ("Where does a man play a guitar?", ["stage", "sink", "table", "kitchen", "cupboard"], "stage"),
+    ("What does Sam give to Ann?", ["apples", "guitar", "plate", "music", "table"], "apples"),
+    ("Where is food made?", ["kitchen", "stage", "restaurant", "sink", "table"], "kitchen"),
+    ("Where do you wash a plate?", ["sink", "stage", "cupboard", "table", "music"], "sink"),
+    ("Where do people eat out?", ["restaurant", "sink", "stage", "cupboard", "apples"],
+     "restaurant"),
+    ("What does a person perform?", ["music", "plate", "table", "kitchen", "sink"], "music"),
+    ("Where do you put a plate to eat?", ["table", "music", "stage", "apples", "sink"], "table"),
+    ("Where are apples kept?", ["cupboard", "guitar", "stage", "music", "sink"], "cupboard"),
+    ("Who performs on stage?", ["man", "plate", "sink", "table", "apples"], "man"),
+]  # fmt: skip
+
+
 @functools.cache
 def tiny_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
