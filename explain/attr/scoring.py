@@ -109,6 +109,7 @@ class Scorer:
                 attention_mask=pmask,
                 decoder_input_ids=dec_in,
                 decoder_attention_mask=amask,
+                use_cache=False,
             )
             logits = out.logits
         else:
@@ -117,8 +118,13 @@ class Scorer:
             # Left padding: positions count real tokens only, as in an unpadded run.
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             # Only the T positions that predict answer tokens need the (large) vocab projection.
+            # Without padding, no mask: the model can take its plain causal attention path.
             out = self.model(
-                inputs_embeds=embeds, attention_mask=mask, position_ids=pos, logits_to_keep=t + 1
+                inputs_embeds=embeds,
+                attention_mask=None if bool(mask.all()) else mask,
+                position_ids=pos,
+                logits_to_keep=t + 1,
+                use_cache=False,
             )
             logits = out.logits[:, :-1]
         logp = torch.log_softmax(logits.float(), dim=-1)
