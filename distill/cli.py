@@ -116,6 +116,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def predictions_path(args: argparse.Namespace) -> Path:
+    """--predictions, else beside a run folder's model, else in the current folder."""
+    if args.predictions:
+        return Path(args.predictions)
+    name = f"predictions-{args.task}-{args.split}{'-hint' if args.with_rationales else ''}.jsonl"
+    model = Path(args.model)
+    if (model / "config.json").is_file() and (model / "summary.json").is_file():
+        return model / name
+    return Path(name)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
     from .train import load_rationale_map
@@ -131,12 +142,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         rationales=rationales,
         batch_size=args.batch_size,
     )
-    if args.predictions:
-        from .runs import atomic_write_text
+    from .runs import atomic_write_text
 
-        atomic_write_text(
-            args.predictions, "".join(json.dumps(p) + "\n" for p in result.predictions)
-        )
+    atomic_write_text(
+        predictions_path(args), "".join(json.dumps(p) + "\n" for p in result.predictions)
+    )
+    print(f"predictions: {predictions_path(args)}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -154,9 +165,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     df = compare(args.runs_dirs)
     print(df.to_string(index=False))
-    if args.out:
-        csv, md = write_comparison(df, args.out)
-        print(f"wrote {csv} and {md}", file=sys.stderr)
+    csv, md = write_comparison(df, args.out)
+    print(f"wrote {csv} and {md}", file=sys.stderr)
     return 0
 
 
@@ -241,13 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--mode", choices=["standard", "saliency", "dss", "hint"])
     v.add_argument("--with-rationales", help="extraction run: evaluate a hint student with them")
     v.add_argument("--batch-size", type=int, default=8)
-    v.add_argument("--predictions", help="write per-example predictions (JSONL) here")
+    v.add_argument(
+        "--predictions",
+        help="per-example predictions file (JSONL); default: in "
+        "the run folder, or the current folder for a model spec",
+    )
     v.add_argument("--json", action="store_true")
     v.set_defaults(fn=cmd_eval)
 
     c = sub.add_parser("compare", help="table of finished runs")
     c.add_argument("runs_dirs", nargs="+", metavar="RUN_DIR")
-    c.add_argument("--out", help="write comparison.csv and comparison.md here")
+    c.add_argument("--out", default=".", help="folder for comparison.csv and comparison.md")
     c.set_defaults(fn=cmd_compare)
 
     o = sub.add_parser("overlap", help="rationale vs ground-truth overlap, with random-k baselines")

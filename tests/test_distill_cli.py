@@ -158,3 +158,65 @@ def test_extract_sharded_over_two_processes(model_dir, datasets_dir, tmp_path):
     assert [[w["text"] for w in r["rationale"]] for r in sharded] == [
         [w["text"] for w in r["rationale"]] for r in single
     ]
+
+
+def test_train_eval_compare(model_dir, datasets_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KDLENS_RUNS", str(tmp_path / "runs"))
+    data = str(datasets_dir / "cqa/cqa_train.json")
+    common = ["--task", "cqa", "--data", data, "--limit", "10", "--dev-size", "3"]
+    rc = main(
+        [
+            "train",
+            "--student",
+            model_dir,
+            *common,
+            "--mode",
+            "standard",
+            "--steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--eval-every",
+            "0",
+            "--dev-limit",
+            "3",
+            "--out",
+            "std",
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "finished" and summary["steps"] == 3
+    run = tmp_path / "runs" / "std"
+    assert (run / "model" / "model.safetensors").is_file()
+
+    rc = main(["eval", "--model", str(run), *common, "--split", "dev", "--json"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    result = json.loads(out.out)
+    assert result["n"] == 3 and 0.0 <= result["accuracy"] <= 1.0
+    preds = (run / "predictions-cqa-dev.jsonl").read_text().splitlines()
+    assert len(preds) == 3 and {"prediction", "gold", "correct"} <= set(json.loads(preds[0]))
+
+    rc = main(["compare", str(run)])
+    assert rc == 0
+    assert "standard" in capsys.readouterr().out
+    assert (tmp_path / "comparison.csv").is_file() and (tmp_path / "comparison.md").is_file()
+
+    # a finished run is never overwritten
+    rc = main(
+        [
+            "train",
+            "--student",
+            model_dir,
+            *common,
+            "--mode",
+            "standard",
+            "--steps",
+            "3",
+            "--out",
+            "std",
+        ]
+    )
+    assert rc == 2 and "never overwritten" in capsys.readouterr().err
