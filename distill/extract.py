@@ -276,12 +276,7 @@ def extract(
         records = merge_parts(run, examples)
         correct = [r["teacher_correct"] for r in records if r["teacher_correct"] is not None]
         summary = {
-            "kind": "extract",
-            "task": spec.name,
-            "teacher": teacher.spec,
-            "method": method,
-            "top_k": top_k,
-            "target": target,
+            **{k: settings[k] for k in ("kind", "task", "teacher", "method", "top_k", "target")},
             "n": len(records),
             "teacher_accuracy": sum(correct) / len(correct) if correct else None,
             "seconds": time.perf_counter() - t0,
