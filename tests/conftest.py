@@ -1,3 +1,4 @@
+import contextlib
 import sys
 from pathlib import Path
 
@@ -41,3 +42,28 @@ def tiny_model_dir(tmp_path_factory):
     tiny.tiny_llama().save_pretrained(folder, safe_serialization=True)
     tiny.tiny_tokenizer().save_pretrained(folder)
     return str(folder)
+
+
+@contextlib.contextmanager
+def _single_thread():
+    # Tiny models gain nothing from threads, and two busy cores make OpenMP spin badly.
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture
+def one_thread():
+    with _single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    with _single_thread():
+        yield

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import tiny
-import torch
 
 from distill import app_service as svc
 
@@ -103,17 +102,8 @@ def make_fixture_runs(model: Path, data: Path, runs: Path) -> tuple[Path, Path]:
 # Fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads; two busy cores make OpenMP spin badly.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, one_thread):
+def world(tmp_path_factory, one_thread_module):
     root = tmp_path_factory.mktemp("app")
     model = save_tiny_model(root / "tiny-llama")
     data = write_cqa(root / "datasets")

@@ -13,23 +13,27 @@ CQA = {
 ANSWER = "cupboard table"
 
 
-def _direct_rows(loaded, prompt_ids, answer_ids):
-    """Per answer token: gradient of its log-prob w.r.t. prompt embeddings, one backward each."""
+def _answer_logprobs(loaded, pe, answer_ids):
+    """Direct teacher-forced log p(answer token t) for prompt embeddings ``pe`` [1, Lp, D]."""
     model, emb = loaded.model, loaded.model.get_input_embeddings()
-    p = torch.tensor([prompt_ids])
     a = torch.tensor([answer_ids])
-    pe = emb(p).detach().requires_grad_(True)
     if loaded.is_encoder_decoder:
         logits = model(inputs_embeds=pe, decoder_input_ids=model._shift_right(a)).logits[0]
     else:
         full = torch.cat([pe, emb(a).detach()], dim=1)
-        logits = model(inputs_embeds=full).logits[0, len(prompt_ids) - 1 : -1]
-    logp = torch.log_softmax(logits, -1)
-    rows = []
-    for t, tok in enumerate(answer_ids):
-        (g,) = torch.autograd.grad(logp[t, tok], pe, retain_graph=True)
-        rows.append(g[0])
-    return torch.stack(rows), pe.detach()[0], logp.gather(-1, a[0][:, None])[:, 0].detach()
+        logits = model(inputs_embeds=full).logits[0, pe.shape[1] - 1 : -1]
+    return torch.log_softmax(logits, -1).gather(-1, a[0][:, None])[:, 0]
+
+
+def _direct_rows(loaded, prompt_ids, answer_ids):
+    """Per answer token: gradient of its log-prob w.r.t. prompt embeddings, one backward each."""
+    emb = loaded.model.get_input_embeddings()
+    pe = emb(torch.tensor([prompt_ids])).detach().requires_grad_(True)
+    logp = _answer_logprobs(loaded, pe, answer_ids)
+    rows = [
+        torch.autograd.grad(logp[t], pe, retain_graph=True)[0][0] for t in range(len(answer_ids))
+    ]
+    return torch.stack(rows), pe.detach()[0], logp.detach()
 
 
 def _ids(loaded, fields=CQA, template="cqa", answer=ANSWER):
@@ -101,25 +105,16 @@ def test_integrated_gradients_few_steps_has_larger_gap(tiny):
 def test_occlusion_equals_masked_forward_passes(tiny):
     result = explain(tiny, CQA, template="cqa", method="occlusion", answer=ANSWER)
     prompt_ids, ans = _ids(tiny)
-    model, emb = tiny.model, tiny.model.get_input_embeddings()
+    emb = tiny.model.get_input_embeddings()
     pad = emb(torch.tensor([tiny.tokenizer.pad_token_id]))[0]
-    a = torch.tensor([ans])
-
-    def answer_logprobs(pe):
-        if tiny.is_encoder_decoder:
-            logits = model(inputs_embeds=pe, decoder_input_ids=model._shift_right(a)).logits[0]
-        else:
-            full = torch.cat([pe, emb(a)], dim=1)
-            logits = model(inputs_embeds=full).logits[0, len(prompt_ids) - 1 : -1]
-        return torch.log_softmax(logits, -1).gather(-1, a[0][:, None])[:, 0]
 
     with torch.no_grad():
         pe = emb(torch.tensor([prompt_ids]))
-        full = answer_logprobs(pe)
+        full = _answer_logprobs(tiny, pe, ans)
         for pos in range(0, len(prompt_ids), 7):
             masked = pe.clone()
             masked[0, pos] = pad
-            drop = full - answer_logprobs(masked)
+            drop = full - _answer_logprobs(tiny, masked, ans)
             _close([row[pos] for row in result.matrix], drop, rtol=1e-4)
 
 

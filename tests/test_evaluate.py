@@ -16,13 +16,7 @@ from distill.data import Example, load_task
 from distill.metrics import accuracy_ci
 from distill.runs import RunDir
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def examples(n: int = 5) -> list[Example]:

@@ -19,13 +19,7 @@ from explain.models import LoadedModel, load_model, prepare
 ITEMS = tiny.CQA_ITEMS
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads, and two busy cores make OpenMP spin badly.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_cqa(folder: Path) -> Path:
