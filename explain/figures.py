@@ -25,7 +25,6 @@ POSITIVE_RGB = (33, 102, 172)
 NEGATIVE_RGB = (178, 24, 43)
 MAGNITUDE_RGB = (230, 85, 13)
 TEMPLATE_COLOUR = "#8a8a8a"
-TRUNCATED_STYLE = f"color:{TEMPLATE_COLOUR};opacity:0.55;font-style:italic"
 RATIONALE_BAR = "#08519c"
 OTHER_BAR = "#bdbdbd"
 
@@ -284,7 +283,7 @@ def _text_html(text: str) -> str:
     return html.escape(text).replace("\n", "<br>")
 
 
-def _legend_html(signed: bool, scale: float, method: str, truncated: bool = False) -> str:
+def _legend_html(signed: bool, scale: float, method: str) -> str:
     def swatch(rgb: tuple[int, int, int]) -> str:
         return (
             f'<span style="display:inline-block;width:2.2em;height:0.9em;'
@@ -305,13 +304,7 @@ def _legend_html(signed: bool, scale: float, method: str, truncated: bool = Fals
         f"{html.escape(method)}: {colours}; intensity = |score| / {fmt(scale)} &nbsp;·&nbsp; "
         '<b style="text-decoration:underline">bold underlined</b> = rationale &nbsp;·&nbsp; '
         f'<span style="color:{TEMPLATE_COLOUR}">grey</span> = template text'
-        + (
-            f' &nbsp;·&nbsp; <span style="{TRUNCATED_STYLE}">faded</span> = cut to fit the '
-            "context, not seen by the model"
-            if truncated
-            else ""
-        )
-        + "</div>"
+        "</div>"
     )
 
 
@@ -319,8 +312,9 @@ def highlight_html(result: AttributionResult) -> str:
     """The task-input region of the prompt, each word shaded by its score, with a legend.
 
     Spans from the first input span's start to the last one's end, so template text between
-    fields (e.g. "(b)") shows in grey; hover a word for its exact score. Text that was cut
-    (left truncation to fit the context) is shown faded: the model never saw it.
+    fields (e.g. "(b)") shows in grey; hover a word for its exact score. A long input is
+    shortened in its middle before the model sees it (explain.formatting), so the prompt shown
+    is exactly what the model read.
     """
     prompt = result.prompt
     spans = result.input_spans or [[0, len(prompt)]]
@@ -329,14 +323,6 @@ def highlight_html(result: AttributionResult) -> str:
     scale = _scale([w.score for w in result.words if w.is_input])
     rat = _rationale_keys(result)
     parts, pos = [], a
-    seen = min((o[0] for o in result.input_offsets if o), default=a)
-    # A word cut mid-way still has scored pieces: start the seen part at its beginning.
-    seen = min([seen] + [w.start for w in result.words if w.start < seen < w.end])
-    truncated = seen > a and any("truncated" in w for w in result.warnings)
-    if truncated:
-        cut = _text_html(prompt[a : min(seen, b)])
-        parts.append(f'<span class="kd-truncated" style="{TRUNCATED_STYLE}">{cut}</span>')
-        pos = min(seen, b)
     for w in sorted(result.words, key=lambda w: w.start):
         if w.start < pos or w.end > b:
             continue
@@ -362,7 +348,7 @@ def highlight_html(result: AttributionResult) -> str:
         '<div class="kd-highlight-wrap">'
         '<div class="kd-highlight" style="line-height:1.9;overflow-wrap:anywhere;'
         f'font-size:1em">{body}</div>'
-        f"{_legend_html(signed, scale, result.method, truncated)}</div>"
+        f"{_legend_html(signed, scale, result.method)}</div>"
     )
 
 

@@ -7,95 +7,69 @@ a batch of one.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import torch
 
 from .attr import collate, get_method
 from .attr.scoring import Scorer
 from .errors import InputError
+from .formatting import Source, build_source, encode_target, render_prompt
 from .models import LoadedModel
 from .result import AttributionResult
-from .templates import Prompt, apply_chat, get_template
+from .templates import Prompt, get_template
 from .words import merge_words, select_rationale
 
 AGGREGATES = ("mean", "sum", "max", "abs_mean")
-ANSWER_CUE = "\nAnswer:"  # appended for decoder-only models without a chat template
-
-
-@dataclass
-class Encoded:
-    prompt: Prompt
-    ids: list[int]
-    offsets: list[tuple[int, int] | None]
-    special: list[bool]
-    warnings: list[str] = field(default_factory=list)
+LEAD_CHARS = 16  # text allowed before an answer span ("Answer: (b) ") before it is dropped
 
 
 def build_prompt(loaded: LoadedModel, template: str, fields: dict) -> Prompt:
-    """Render task fields; wrap in the chat template when the model has one and it is on."""
-    prompt = get_template(template).render(fields)
-    if loaded.use_chat_template and loaded.has_chat_template and not loaded.is_encoder_decoder:
-        return apply_chat(prompt, loaded.tokenizer)
-    if not loaded.is_encoder_decoder:
-        return Prompt(prompt.text + ANSWER_CUE, prompt.input_spans, prompt.template, prompt.fields)
-    return prompt
+    """Render task fields for ``loaded`` (chat template or answer cue): see explain.formatting."""
+    return render_prompt(loaded, template, fields)
 
 
-def _offsets_slow(tokenizer, text: str, ids: list[int]) -> list[tuple[int, int] | None]:
-    """Offsets for tokenizers without a fast backend: align decoded pieces to the text."""
-    out, pos = [], 0
-    for tid in ids:
-        piece = tokenizer.decode([tid])
-        at = text.find(piece, pos) if piece else -1
-        if at < 0 or not piece.strip():
-            out.append(None if at < 0 else (at, at + len(piece)))
-            continue
-        out.append((at, at + len(piece)))
-        pos = at + len(piece)
-    return out
-
-
-def encode_prompt(loaded: LoadedModel, prompt: Prompt, reserve: int) -> Encoded:
-    """Token ids, char offsets and special-token flags; left-truncated to fit the context."""
-    tok = loaded.tokenizer
-    add_special = not prompt.chat  # a chat template already holds its special tokens as text
-    if getattr(tok, "is_fast", False):
-        enc = tok(prompt.text, add_special_tokens=add_special, return_offsets_mapping=True)
-        ids = list(enc["input_ids"])
-        offsets = [tuple(o) for o in enc["offset_mapping"]]
-    else:
-        ids = list(tok(prompt.text, add_special_tokens=add_special)["input_ids"])
-        offsets = _offsets_slow(tok, prompt.text, ids)
-    special_ids = set(getattr(tok, "all_special_ids", []) or [])
-    special = [i in special_ids for i in ids]
-    offsets = [None if s else o for o, s in zip(offsets, special)]
-    warnings = []
+def encode_prompt(loaded: LoadedModel, prompt: Prompt, reserve: int) -> Source:
+    """Tokens of a rendered prompt, fitted to the context minus ``reserve`` answer tokens."""
     budget = loaded.max_length - reserve
-    if len(ids) > budget:
-        if budget < 1:
-            raise InputError(f"the answer alone fills the context of {loaded.max_length} tokens")
-        warnings.append(
-            f"input truncated: kept the last {budget} of {len(ids)} prompt tokens "
-            f"(context {loaded.max_length}, {reserve} reserved for the answer)"
-        )
-        ids, offsets, special = ids[-budget:], offsets[-budget:], special[-budget:]
-    return Encoded(prompt, ids, offsets, special, warnings)
+    if budget < 1:
+        raise InputError(f"the answer alone fills the context of {loaded.max_length} tokens")
+    return build_source(loaded, prompt.template, prompt.fields, budget)
 
 
 def encode_answer(loaded: LoadedModel, prompt: Prompt, answer: str) -> list[int]:
     answer = answer.strip()
     if not answer:
         raise InputError("the given answer is empty")
-    if not loaded.is_encoder_decoder and not prompt.chat:
-        answer = " " + answer  # follows "Answer:" as a generated answer would
-    ids = loaded.tokenizer(answer, add_special_tokens=False)["input_ids"]
-    return list(ids)
+    return encode_target(loaded, answer, eos=False)
+
+
+def _stop_ids(loaded: LoadedModel) -> set[int]:
+    tok, model = loaded.tokenizer, loaded.model
+    stop = {tok.eos_token_id, tok.pad_token_id}
+    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    stop |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    return {s for s in stop if s is not None}
+
+
+def _first_line(tok, ids: list[int]) -> list[int]:
+    """Tokens up to the first line break that follows some text (answers come first)."""
+    seen_text = False
+    for j, t in enumerate(ids):
+        piece = tok.decode([t])
+        if "\n" in piece and seen_text:
+            return ids[:j]
+        seen_text = seen_text or bool(piece.strip())
+    return ids
 
 
 @torch.no_grad()
-def generate(loaded: LoadedModel, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Greedy answers (no EOS, no padding), batched."""
+def generate(
+    loaded: LoadedModel, prompts: list[list[int]], max_new_tokens: int, first_line: bool = True
+) -> list[list[int]]:
+    """Greedy answers (no EOS, no padding), batched; rows stop at EOS, and at the end of their
+    first line when ``first_line`` (prompts ask for the answer first, in a fixed form)."""
+    if max_new_tokens < 1:
+        raise InputError(f"max new tokens must be at least 1, got {max_new_tokens}")
     tok, model, dev = loaded.tokenizer, loaded.model, loaded.device
     batch = collate(
         prompts,
@@ -103,6 +77,7 @@ def generate(loaded: LoadedModel, prompts: list[list[int]], max_new_tokens: int)
         tok.pad_token_id,
         left_pad_prompts=not loaded.is_encoder_decoder,
     )
+    extra = {"stop_strings": ["\n"], "tokenizer": tok} if first_line else {}
     out = model.generate(
         input_ids=batch.prompt_ids.to(dev),
         attention_mask=batch.prompt_mask.to(dev),
@@ -113,12 +88,11 @@ def generate(loaded: LoadedModel, prompts: list[list[int]], max_new_tokens: int)
         temperature=None,
         top_p=None,
         top_k=None,
+        **extra,
     )
     if not loaded.is_encoder_decoder:
         out = out[:, batch.prompt_ids.shape[1] :]
-    stop = {tok.eos_token_id, tok.pad_token_id}
-    gen_eos = getattr(model.generation_config, "eos_token_id", None)
-    stop |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    stop = _stop_ids(loaded)
     start = getattr(model.config, "decoder_start_token_id", None)
     answers = []
     for row in out.tolist():
@@ -129,8 +103,34 @@ def generate(loaded: LoadedModel, prompts: list[list[int]], max_new_tokens: int)
             if t in stop:
                 break
             ans.append(t)
-        answers.append(ans)
+        answers.append(_first_line(tok, ans) if first_line else ans)
     return answers
+
+
+def answer_target(
+    loaded: LoadedModel, template: str, fields: dict, ids: list[int]
+) -> tuple[list[int], list[str]]:
+    """The generated tokens to attribute: the answer span only, never a preamble.
+
+    The answer (``Template.answer_span``) is kept with what precedes it when that is a short
+    lead such as "(b) "; after a longer preamble the answer's text alone is the target. An answer
+    in no expected form is attributed whole, with a warning.
+    """
+    tok = loaded.tokenizer
+    text = tok.decode(ids, skip_special_tokens=True)
+    span = get_template(template).answer_span(text, fields) if ids else None
+    if span is None:
+        return ids, ([f"no {template} answer found in {text.strip()!r}"] if ids else [])
+    start, end = span
+    if start > LEAD_CHARS:
+        answer = text[start:end]
+        return encode_target(loaded, answer, eos=False), [
+            f"the answer came after other text; attributing {answer!r} alone"
+        ]
+    for j in range(1, len(ids) + 1):  # the shortest token prefix that covers the span
+        if len(tok.decode(ids[:j], skip_special_tokens=True)) >= end:
+            return ids[:j], []
+    return ids, []
 
 
 def aggregate(matrix: torch.Tensor, how: str) -> torch.Tensor:
@@ -181,7 +181,8 @@ def explain_batch(
     if todo:
         generated = generate(loaded, [enc[i].ids for i in todo], max_new_tokens)
         for i, g in zip(todo, generated):
-            given[i] = g
+            given[i], notes = answer_target(loaded, template, enc[i].prompt.fields, g)
+            enc[i].warnings.extend(notes)
     for i, g in enumerate(given):
         if not g:  # the model answered with EOS at once: attribute its EOS
             given[i] = [loaded.tokenizer.eos_token_id]

@@ -6,6 +6,7 @@ the user's text into. Register a new template with :func:`register_template`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .errors import InputError
@@ -60,6 +61,9 @@ class Template:
     name = ""
     required: tuple[str, ...] = ()
     description = ""
+    # Free-text fields, in the order they may be shortened when a prompt is too long (the
+    # longest is trimmed first); options and answer instructions are never trimmed.
+    free_fields: tuple[str, ...] = ()
 
     def render(self, fields: dict) -> Prompt:
         raise NotImplementedError
@@ -68,11 +72,21 @@ class Template:
         """The closed set of answers, when the task has one (for choice scoring)."""
         return None
 
+    def answer_span(self, text: str, fields: dict) -> tuple[int, int] | None:
+        """Character span of the answer (in the template's fixed answer form) inside a
+        generated ``text``, or None when the text holds no such answer. Attribution targets
+        this span, never a reasoning preamble around it."""
+        line = text.split("\n", 1)[0]
+        start = len(line) - len(line.lstrip())
+        end = len(line.rstrip())
+        return (start, end) if end > start else None
+
 
 class FreeTemplate(Template):
     name = "free"
     required = ("text",)
     description = "any question or instruction"
+    free_fields = ("text",)
 
     def render(self, fields: dict) -> Prompt:
         b = _Builder().inp(_clean(fields, "text"))
@@ -83,6 +97,7 @@ class CQATemplate(Template):
     name = "cqa"
     required = ("question", "choices")
     description = "multiple choice: a question and lettered choices"
+    free_fields = ("question",)
 
     def _choices(self, fields: dict) -> list[str]:
         choices = fields.get("choices")
@@ -101,12 +116,26 @@ class CQATemplate(Template):
         b = _Builder().lit("Question: ").inp(question).lit("\nAnswer choices:")
         for letter, choice in zip(LETTERS, choices):
             b.lit(f"\n({letter}) ").inp(choice)
-        b.lit("\nAnswer with the text of the correct choice.")
+        b.lit("\nReply with the text of the correct choice only.")
         f = dict(fields, question=question, choices=choices)
         return Prompt(b.text(), b.spans, self.name, f)
 
     def answer_options(self, fields: dict) -> list[str]:
         return self._choices(fields)
+
+    def answer_span(self, text: str, fields: dict) -> tuple[int, int] | None:
+        # The earliest option named by its text, or a letter like "(b)" / "b)" at the start.
+        low = text.lower()
+        best = None
+        for choice in self._choices(fields):
+            m = re.search(rf"(?<!\w){re.escape(choice.lower())}(?!\w)", low)
+            if m and (best is None or m.start() < best[0] or
+                      (m.start() == best[0] and m.end() > best[1])):  # fmt: skip
+                best = (m.start(), m.end())
+        letter = re.match(r"\s*(\(?[a-j]\))", low)
+        if letter and (best is None or best[0] > letter.end() + 1):
+            best = letter.span(1)
+        return best
 
 
 NLI_LABELS = ["entailment", "neutral", "contradiction"]
@@ -116,12 +145,14 @@ class NLITemplate(Template):
     name = "nli"
     required = ("premise", "hypothesis")
     description = "natural language inference: premise and hypothesis"
+    free_fields = ("premise", "hypothesis")
 
     def render(self, fields: dict) -> Prompt:
         premise, hypothesis = _clean(fields, "premise"), _clean(fields, "hypothesis")
         b = _Builder().lit("Premise: ").inp(premise).lit("\nHypothesis: ").inp(hypothesis)
         b.lit(
-            "\nDoes the premise entail the hypothesis? Answer entailment, neutral or contradiction."
+            "\nDoes the premise entail the hypothesis? Reply with one word: entailment, neutral"
+            " or contradiction."
         )
         f = dict(fields, premise=premise, hypothesis=hypothesis)
         return Prompt(b.text(), b.spans, self.name, f)
@@ -129,11 +160,16 @@ class NLITemplate(Template):
     def answer_options(self, fields: dict) -> list[str]:
         return list(NLI_LABELS)
 
+    def answer_span(self, text: str, fields: dict) -> tuple[int, int] | None:
+        m = re.search(rf"\b({'|'.join(NLI_LABELS)})\b", text.lower())
+        return m.span(1) if m else None
+
 
 class SVAMPTemplate(Template):
     name = "svamp"
     required = ("body", "question")
     description = "math word problem: body and question"
+    free_fields = ("body", "question")
 
     def render(self, fields: dict) -> Prompt:
         if not fields.get("body") and fields.get("text"):
@@ -144,8 +180,38 @@ class SVAMPTemplate(Template):
         question = " ".join(str(fields.get("question") or "").split())
         if question:
             b.lit("\n").inp(question)
-        b.lit("\nAnswer with an arithmetic expression that computes the result.")
+        b.lit(
+            "\nReply with only an arithmetic expression that computes the result,"
+            " like ( 12.0 / 3.0 )."
+        )
         return Prompt(b.text(), b.spans, self.name, dict(fields, body=body, question=question))
+
+    def answer_span(self, text: str, fields: dict) -> tuple[int, int] | None:
+        # The first run of numbers, operators and parentheses holding a digit.
+        for m in _EXPR.finditer(text):
+            if any(ch.isdigit() for ch in m.group()):
+                a, b = m.span()
+                while a < b and text[a] in " .":
+                    a += 1
+                while b > a and text[b - 1] in " .=+-*/(":
+                    b -= 1
+                return _balanced(text, a, b)
+        return None
+
+
+_EXPR = re.compile(r"[\d.()+\-*/×÷\s]+")
+
+
+def _balanced(text: str, a: int, b: int) -> tuple[int, int]:
+    """Widen or narrow ``text[a:b]`` so that its parentheses pair up."""
+    depth = 0
+    for ch in text[a:b]:
+        depth += (ch == "(") - (ch == ")")
+    while depth < 0 and a < b and text[b - 1] == ")":  # a stray closing parenthesis
+        b, depth = b - 1, depth + 1
+    while depth > 0 and a < b and text[a] == "(":
+        a, depth = a + 1, depth - 1
+    return a, b
 
 
 TEMPLATES: dict[str, Template] = {}
