@@ -23,7 +23,11 @@ from explain.pipeline import generate
 from explain.templates import get_template
 
 from .runs import RunDir, atomic_write_text
-from .train import MODES, TrainError, encode_source, encode_target, format_example
+from explain.formatting import encode_target
+
+from .features import example_source
+from .modes import MODES, get_mode
+from .train import TrainError
 
 
 @dataclass
@@ -94,9 +98,11 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
-def _fit(ids: list[int], budget: int) -> list[int]:
-    """Keep the last ``budget`` prompt tokens (the question and cue are at the end)."""
-    return ids[-max(budget, 1) :]
+def prompt_ids(loaded: LoadedModel, example, mode: str, words, budget: int) -> list[int]:
+    """The student's inference prompt for ``example`` under ``mode`` (the one formatting
+    path of training), fitted into ``budget`` tokens."""
+    prefix, hint = get_mode(mode).inference(words)
+    return example_source(loaded, example, budget, prefix, hint).ids
 
 
 def generate_answers(
@@ -150,8 +156,8 @@ def _options(task: str, example) -> list[str] | None:
 
 
 def _words(rationales: dict | None, example, mode: str) -> list[str] | None:
-    # Only the hint mode puts rationale words into the prompt at inference time.
-    if mode != "hint" or not rationales:
+    # Only modes that put rationale words into the prompt use them at inference time.
+    if not get_mode(mode).uses_hints or not rationales:
         return None
     return rationales.get(example.id)
 
@@ -190,11 +196,10 @@ def evaluate(
     examples = list(examples)[:limit] if limit is not None else list(examples)
     emit = progress or (lambda record: None)
 
-    budget = max_len - max_new_tokens
-    sources = []
-    for ex in examples:
-        src, _ = format_example(ex, mode, "predict", _words(rationales, ex, mode), loaded)
-        sources.append(_fit(encode_source(loaded, src), budget))
+    sources = [
+        prompt_ids(loaded, ex, mode, _words(rationales, ex, mode), max_len - max_new_tokens)
+        for ex in examples
+    ]
 
     def gen_progress(done: int, total: int) -> None:
         emit({"stage": "generating", "step": done, "total": total})
@@ -285,9 +290,7 @@ def predict_one(
     spec = get_task(task)
     options = get_template(spec.template).answer_options(fields)
     ex = Example(id="input", task=spec.name, fields=dict(fields), label=gold or "", options=options)
-    words = rationale_words if mode == "hint" else None
-    src_text, _ = format_example(ex, mode, "predict", words, loaded)
-    src = _fit(encode_source(loaded, src_text), max_len - max_new_tokens)
+    src = prompt_ids(loaded, ex, mode, rationale_words, max_len - max_new_tokens)
     ans_ids = generate_answers(loaded, [src], max_new_tokens, 1)[0]
     answer = loaded.tokenizer.decode(ans_ids, skip_special_tokens=True).strip()
     correct = score_answer(spec, answer, ex) if gold else None

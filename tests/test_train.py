@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ import tiny
 import torch
 
 from distill import train as tr
+from distill.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from distill.data import Example, load_task
+from distill.features import collate_features, example_features, example_source, token_nll
 from distill.runs import RunDir, RunError
 from explain.models import LoadedModel, load_model, prepare
 
@@ -90,77 +93,64 @@ def example(i: int = 0) -> Example:
 # Formatting and masking
 
 
-def test_format_example_modes():
+def test_features_mask_the_prompt_decoder_only():
     lm = tiny.loaded("llama")
-    ex = example()
-    src, tgt = tr.format_example(ex, "standard", "predict", None, lm)
-    assert src.startswith("Question: Where would") and src.endswith("\nAnswer:")
-    assert tgt == "cupboard"
-    src, tgt = tr.format_example(ex, "saliency", "predict", ["plate", "washing"], lm)
-    assert src.startswith("predict: Question:") and tgt == "cupboard"
-    src, tgt = tr.format_example(ex, "saliency", "explain", ["plate", "washing"], lm)
-    assert src.startswith("explain: Question:") and src.endswith("\nExplanation:")
-    assert tgt == "plate washing"
-    _, tgt = tr.format_example(ex, "dss", "explain", None, lm)
-    assert tgt == "because plates go there"
-    src, _ = tr.format_example(ex, "hint", "predict", ["plate", "washing"], lm)
-    assert "\nHint: plate washing\nAnswer:" in src and not src.startswith("predict")
-    src, _ = tr.format_example(ex, "hint", "predict", None, lm)  # evaluation without hints
-    assert "Hint" not in src
-    src, _ = tr.format_example(ex, "standard", "predict", None, tiny.loaded("t5"))
-    assert src.endswith("correct choice.")  # encoder-decoder: no cue
-    with pytest.raises(tr.TrainError):
-        tr.format_example(ex, "saliency", "explain", None, lm)
-    with pytest.raises(tr.TrainError):
-        tr.format_example(ex, "standard", "explain", None, lm)
-
-
-def test_loss_masking_decoder_only():
-    lm = tiny.loaded("llama")
-    src, tgt = tr.format_example(example(), "standard", "predict", None, lm)
-    f = tr.build_features(lm, src, tgt, max_len=256)
-    prompt = tr.encode_source(lm, src)
-    target = lm.tokenizer(" " + tgt, add_special_tokens=False)["input_ids"] + [
+    (f,) = example_features(lm, example(), "standard")
+    prompt = example_source(lm, example(), 256).ids
+    target = lm.tokenizer(" cupboard", add_special_tokens=False)["input_ids"] + [
         lm.tokenizer.eos_token_id
     ]
     assert f.input_ids == prompt + target
     assert f.labels == [-100] * len(prompt) + target
-    short = tr.build_features(lm, "Question: x\nAnswer:", "sink", max_len=256)
-    batch = tr.collate_features([f, short], lm.tokenizer.pad_token_id, encoder_decoder=False)
-    labels, mask = batch["labels"], batch["attention_mask"]
-    assert labels.shape == batch["input_ids"].shape
-    row = labels[1]
-    n_prompt = len(short.input_ids) - (len(short.labels) - short.labels.count(-100))
-    assert (row[:n_prompt] == -100).all()  # prompt
-    assert (row[len(short.input_ids) :] == -100).all()  # padding
-    assert (row[n_prompt : len(short.input_ids)] != -100).all()  # the target + EOS
-    assert mask[1].sum() == len(short.input_ids)
+    assert f.n_targets == len(target) and f.kind == "predict" and f.weight == 1.0
 
 
-def test_loss_masking_encoder_decoder():
+def test_features_encoder_decoder_and_left_padded_batches():
     lm = tiny.loaded("t5")
-    src, tgt = tr.format_example(example(), "saliency", "explain", ["plate", "washing"], lm)
-    f = tr.build_features(lm, src, tgt, max_len=256)
-    target = lm.tokenizer(tgt, add_special_tokens=False)["input_ids"] + [lm.tokenizer.eos_token_id]
-    assert f.labels == target and -100 not in f.labels
-    assert f.input_ids == tr.encode_source(lm, src)
-    other = tr.build_features(lm, "predict: x", "sink", max_len=256)
-    batch = tr.collate_features([f, other], lm.tokenizer.pad_token_id, encoder_decoder=True)
-    assert batch["labels"].shape == (2, len(target))
-    assert batch["labels"][1, len(other.labels) :].eq(-100).all()
-    assert batch["labels"][1, : len(other.labels)].tolist() == other.labels
+    pred, expl = example_features(lm, example(), "saliency", ["plate", "washing"], alpha=0.3)
+    target = lm.tokenizer("plate washing", add_special_tokens=False)["input_ids"] + [
+        lm.tokenizer.eos_token_id
+    ]
+    assert expl.labels == target and expl.kind == "explain" and expl.weight == pytest.approx(0.7)
+    assert pred.weight == pytest.approx(0.3)
+    batch = collate_features([pred, expl], lm.tokenizer.pad_token_id, encoder_decoder=True)
+    assert batch["labels"].shape == (2, max(len(pred.labels), len(expl.labels)))
+    llama = tiny.loaded("llama")
+    a, b = example_features(llama, example(), "saliency", ["plate"])
+    batch = collate_features([a, b], llama.tokenizer.pad_token_id, encoder_decoder=False)
+    width = batch["input_ids"].shape[1]
+    for row, f in enumerate((a, b)):  # left padding: every row ends at the last position
+        assert batch["input_ids"][row, width - len(f.input_ids) :].tolist() == f.input_ids
+        assert batch["attention_mask"][row].sum() == len(f.input_ids)
+        assert batch["labels"][row, : width - len(f.input_ids)].eq(-100).all()
+    assert batch["keep"] == max(a.n_targets, b.n_targets) + 1
 
 
-def test_truncation_keeps_target_and_cue():
+def test_token_nll_equals_the_models_own_loss(tiny):
+    """Left padding and the trimmed vocabulary projection change nothing: the summed target
+    NLL of each row equals the model's own (unpadded, full-logits) loss times its length."""
+    feats = [f for i in range(3) for f in example_features(tiny, example(i), "dss")]
+    batch = collate_features(feats, tiny.tokenizer.pad_token_id, tiny.is_encoder_decoder)
+    nll = token_nll(tiny.model, batch, tiny.is_encoder_decoder)
+    for f, got in zip(feats, nll.tolist()):
+        ids = torch.tensor([f.input_ids])
+        labels = torch.tensor([f.labels])
+        with torch.no_grad():
+            ref = tiny.model(input_ids=ids, labels=labels).loss.item() * f.n_targets
+        assert got == pytest.approx(ref, rel=1e-4, abs=1e-4)
+
+
+def test_truncation_keeps_target_cue_and_options():
     lm = tiny.loaded("llama")
-    src, tgt = tr.format_example(example(), "standard", "predict", None, lm)
-    f = tr.build_features(lm, src, tgt, max_len=16)
-    assert len(f.input_ids) == 16
+    ex = example()
+    ex.fields = dict(ex.fields, question=" ".join(["where is the plate"] * 40) + " now?")
+    (f,) = example_features(lm, ex, "standard", max_len=128)
+    assert len(f.input_ids) <= 128 and f.warnings and "truncated" in f.warnings[0]
     target = [t for t in f.labels if t != -100]
     assert target[-1] == lm.tokenizer.eos_token_id
-    cue = lm.tokenizer("\nAnswer:", add_special_tokens=False)["input_ids"]
-    n = len(f.input_ids) - len(target)
-    assert f.input_ids[n - len(cue) : n] == cue  # the prompt lost its beginning, not its end
+    text = lm.tokenizer.decode(f.input_ids[: len(f.input_ids) - len(target)])
+    assert text.endswith("\nAnswer:") and "(e) kitchen" in text  # cue and options survive
+    assert "Question: where is the plate" in text and "now?" in text  # head and tail of it
 
 
 def test_batch_order_is_deterministic_and_covers_each_epoch():
@@ -290,7 +280,9 @@ def test_periodic_dev_eval_and_checkpoints(tmp_path):
     ck = run.checkpoint_dir(5)
     assert {p.name for p in ck.iterdir()} == {
         "model.safetensors",
-        "state.safetensors",
+        "optimizer.safetensors",
+        "rng.rank0.safetensors",
+        "rng.rank0.json",
         "state.json",
     }
 
@@ -393,14 +385,14 @@ def test_checkpoint_round_trip_restores_optimizer_and_rng(tmp_path):
     run = RunDir(tmp_path / "ck")
     run.path.mkdir()
     torch.manual_seed(123)
-    path = tr.save_checkpoint(run, 2, model, opt, sched, {"elapsed": 1.5})
+    path = save_checkpoint(run, 2, model, opt, sched, {"elapsed": 1.5})
     expected = torch.rand(3)
 
     model2 = tiny.tiny_llama(1).train()
     opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
     sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, tr.lr_lambda(cfg, 10))
     torch.manual_seed(0)
-    meta = tr.load_checkpoint(path, model2, opt2, sched2)
+    meta = load_checkpoint(path, model2, opt2, sched2)
     assert meta["step"] == 2 and meta["elapsed"] == 1.5
     assert torch.equal(torch.rand(3), expected)
     for a, b in zip(model.parameters(), model2.parameters()):
@@ -420,3 +412,152 @@ def test_rationale_source_records_the_extraction_settings(tmp_path):
     src = tr.rationale_source(ext.path)
     assert src["settings"]["teacher"] == "big" and src["settings"]["top_k"] == 3
     assert len(src["sha256"]) == 64 and "versions" not in src["settings"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective: per-token means over the effective batch, weights from the mode
+
+
+def _grads(model) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def _step_grads(lm, items, micro: list[list[int]]) -> list[torch.Tensor]:
+    """Accumulated gradient of one optimizer step made of the micro-batches ``micro``."""
+    model = lm.model
+    for p in model.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+    counts = tr.step_counts(items, micro)
+    pad, enc_dec = lm.tokenizer.pad_token_id, lm.is_encoder_decoder
+    for idx in micro:
+        feats = [f for i in idx for f in items[i]]
+        loss, _ = tr.batch_loss(model, feats, counts, pad, enc_dec, "cpu", nullcontext())
+        loss.backward()
+    return _grads(model)
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_accumulation_equals_one_large_batch(family):
+    lm = tiny.loaded(family)
+    exs = [example(i) for i in range(8)]
+    words = {f"q{i}": ITEMS[i][0].split()[: 1 + i % 4] for i in range(8)}  # unequal lengths
+    items = [example_features(lm, e, "saliency", words[e.id], alpha=0.3) for e in exs]
+    big = _step_grads(lm, items, [list(range(8))])
+    acc = _step_grads(lm, items, [[0, 1], [2, 3], [4, 5], [6, 7]])
+    for a, b in zip(big, acc):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+    # The old rule (mean per micro-batch, divided by the accumulation) is measurably different.
+    model = lm.model
+    for p in model.parameters():
+        p.grad = None
+    for idx in [[0, 1], [2, 3], [4, 5], [6, 7]]:
+        feats = [f for i in idx for f in items[i]]
+        counts = tr.step_counts(items, [idx])
+        loss, _ = tr.batch_loss(model, feats, counts, 0, lm.is_encoder_decoder, "cpu",
+                                nullcontext())  # fmt: skip
+        (loss / 4).backward()
+    old = _grads(model)
+    assert max((a - b).abs().max().item() for a, b in zip(big, old)) > 1e-4
+
+
+def test_objective_weights_alpha_and_examples_without_rationale():
+    lm = tiny.loaded("llama")
+    alpha = 0.3
+    with_r = example_features(lm, example(0), "saliency", ["plate", "washing"], alpha=alpha)
+    without = example_features(lm, example(1), "saliency", None, alpha=alpha)
+    assert [f.kind for f in without] == ["predict"] and without[0].weight == 1.0
+    items = [with_r, without]
+    counts = tr.step_counts(items, [[0, 1]])
+    feats = with_r + without
+    batch = collate_features(feats, 0, False)
+    with torch.no_grad():
+        nll = token_nll(lm.model, batch, False).tolist()
+        loss, sums = tr.batch_loss(lm.model, feats, counts, 0, False, "cpu", nullcontext())
+    n_pred, n_expl = counts["predict"], counts["explain"]
+    expected = (alpha * nll[0] + 1.0 * nll[2]) / n_pred + (1 - alpha) * nll[1] / n_expl
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert sums["predict"] == pytest.approx(nll[0] + nll[2], rel=1e-5)
+    # A batch with no rationale at all is plain fine-tuning: the mean label NLL, full weight.
+    loss, _ = tr.batch_loss(lm.model, without, tr.step_counts([without], [[0]]), 0, False,
+                            "cpu", nullcontext())  # fmt: skip
+    assert loss.item() == pytest.approx(nll[2] / without[0].n_targets, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hints, checkpoints per process, the final model, precision
+
+
+def _extraction(tmp_path: Path, target: str) -> Path:
+    ext = RunDir(tmp_path / f"ext-{target}")
+    ext.create({"kind": "extract", "task": "cqa", "teacher": "big", "top_k": 3, "target": target})
+    src = (tmp_path / "data" / "rationales.jsonl").read_text()
+    (ext.path / "rationales.jsonl").write_text(src)
+    return ext.path
+
+
+def test_hint_mode_refuses_gold_target_rationales(tmp_path):
+    write_cqa(tmp_path / "data")
+    gold = _extraction(tmp_path, "gold")
+    with pytest.raises(tr.TrainError, match="gold label"):
+        tr.train(config(tmp_path, "hint", rationales=str(gold)), model_loader=tiny_loader())
+    assert not (tmp_path / "run").exists()
+    own = _extraction(tmp_path, "generated")
+    summary = tr.train(config(tmp_path, "hint", rationales=str(own), steps=2),
+                       model_loader=tiny_loader())  # fmt: skip
+    assert summary["hint_coverage"] == 1.0 and "accuracy_no_hint" in summary
+
+
+def test_each_process_restores_its_own_random_state(tmp_path):
+    lm = tiny.loaded("llama")
+    opt = torch.optim.AdamW(lm.model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    run = RunDir(tmp_path / "ck")
+    run.path.mkdir()
+    from distill.checkpoints import save_rng
+
+    staged = run.staging_dir(3)
+    torch.manual_seed(1)
+    save_rng(staged, 1)  # what process 1 would have written into the shared staging folder
+    expect1 = torch.rand(2)
+    torch.manual_seed(0)
+    # process 0 stages (barrier is a no-op here): keep process 1's file by writing rank 0 only
+    save_checkpoint(run, 3, lm.model, opt, sched, {}, rank=0)
+    path = run.checkpoint_dir(3)
+    assert not (path / "rng.rank1.json").exists()  # staging was fresh: rank 1 must write again
+    torch.manual_seed(1)
+    save_rng(path, 1)
+    torch.manual_seed(5)
+    load_checkpoint(path, lm.model, opt, sched, rank=1)
+    assert torch.equal(torch.rand(2), expect1)
+    with pytest.raises(CheckpointError, match="process 2"):
+        load_checkpoint(path, lm.model, opt, sched, rank=2)
+
+
+def test_final_model_swap_replaces_a_stale_folder_whole(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    run.model_dir.mkdir()
+    (run.model_dir / "stale.txt").write_text("from a finish that died")
+    lm = tiny.loaded("llama")
+    tr.save_final_model(run, lm.model, lm.tokenizer)
+    names = {p.name for p in run.model_dir.iterdir()}
+    assert "stale.txt" not in names and "model.safetensors" in names
+    assert not (run.path / ".model.tmp").exists() and not (run.path / ".model.old").exists()
+
+
+def test_one_process_trains_with_and_without_bf16(tmp_path):
+    a = tr.train(config(tmp_path, name="bf16", steps=2, bf16=True), model_loader=tiny_loader())
+    b = tr.train(config(tmp_path, name="fp32", steps=2, bf16=False), model_loader=tiny_loader())
+    assert a["status"] == b["status"] == "finished"
+    assert losses(tmp_path / "bf16") != losses(tmp_path / "fp32")  # autocast really applied
+
+
+def test_non_finite_settings_and_losses_are_refused(tmp_path):
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(tr.TrainError, match="finite"):
+            tr.train(config(tmp_path, lr=bad), model_loader=tiny_loader())
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(tr.TrainError, match="loss became"):
+        tr.train(config(tmp_path, lr=1e30, max_grad_norm=None, steps=5),
+                 model_loader=tiny_loader())  # fmt: skip
