@@ -285,6 +285,12 @@ def load_task(
     ``mapping`` renames columns: our field name -> the file's column name, e.g.
     ``{"question": "q", "choices": "opts", "answer": "gold"}``. CSV choices are "a|b|c".
     """
+    from .hf_data import is_hf_source  # hub ids and Parquet go through Hugging Face datasets
+
+    if is_hf_source(path):
+        from .hf_data import load_hf_task
+
+        return load_hf_task(task, path, limit=limit, mapping=mapping)
     spec = get_task(task)
     path = Path(path)
     if not path.is_file():
@@ -390,6 +396,10 @@ def attach_llm_rationales(examples: list[Example], rationales: list[str]) -> lis
 
 def data_hash(path: str | Path) -> str:
     """sha256 of the file bytes, recorded in run configs and used as a cache key."""
+    if str(path).startswith("hf:"):  # a hub dataset: its datasets fingerprint
+        from .hf_data import fingerprint
+
+        return fingerprint(path)
     h = hashlib.sha256()
     with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

