@@ -28,58 +28,137 @@ def _dev_size(text: str) -> float | int:
     return float(text) if "." in text else int(text)
 
 
+class StageBar:
+    """One tqdm display for a whole job: the bar restarts per stage and shows the stage's
+    name, items done/total, items/s and ETA."""
+
+    def __init__(self, unit: str = "it") -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        self.stage: str | None = None
+
+    def __call__(self, p: dict) -> None:
+        stage = p.get("stage") or self.stage or ""
+        done = p.get("done", p.get("step"))
+        total = p.get("total")
+        if stage != self.stage and total is not None:
+            self.stage = stage
+            self.bar.reset(total=total)
+            self.bar.set_description_str(stage)
+        if done is not None and done >= self.bar.n:
+            self.bar.update(done - self.bar.n)
+        note = p.get("message") or ("" if p.get("loss") is None else f"loss {p['loss']:.4f}")
+        if note:
+            self.bar.set_postfix_str(note, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _bar(total: int, desc: str):
-    from tqdm import tqdm
+    bar = StageBar("ex")
+    bar({"stage": desc, "done": 0, "total": total})
+    return bar, bar
 
-    bar = tqdm(total=total, desc=desc, unit="ex", file=sys.stderr)
 
-    def update(p: dict) -> None:
-        if "done" in p:
-            bar.n = p["done"]
-            bar.set_postfix_str(p.get("message", ""))
-            bar.refresh()
-
-    return bar, update
+def _check_limit(args: argparse.Namespace) -> None:
+    if args.limit is not None and args.limit < 1:
+        raise KDLensError(f"--limit must be at least 1, got {args.limit}")
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from explain.models import load_model
 
     from .data import data_hash
-    from .extract import extract
-    from .runs import safe_run_dir
+    from .extract import extract, validate_settings
+    from .runs import RunDir, safe_run_dir
 
+    _check_limit(args)
     examples = _examples(args)
+    if not examples:
+        raise KDLensError(f"no examples in the {args.split} split; nothing to extract")
+    validate_settings(
+        examples, args.task, args.method, args.top_k, args.target, args.batch_size,
+        args.max_new_tokens, args.faithfulness_limit, args.rows,
+    )  # fmt: skip
     out = Path(args.out) if "/" in args.out else safe_run_dir(args.runs, args.out)
+    run = RunDir(out)
+    if not run.exists:
+        run.check({})  # a folder that is not a run: refuse before loading the teacher
     teacher = load_model(args.teacher, device=args.device, dtype=args.dtype)
     bar, update = _bar(len(examples), "extract")
     settings = {"n_steps": args.steps} if args.steps else None
-    summary = extract(
-        teacher,
-        examples,
-        out,
-        task=args.task,
-        method=args.method,
-        top_k=args.top_k,
-        target=args.target,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        with_faithfulness=not args.no_faithfulness,
-        faithfulness_limit=args.faithfulness_limit,
-        rows=args.rows,
-        seed=args.seed,
-        method_settings=settings,
-        config={
-            "data": str(args.data),
-            "data_hash": data_hash(args.data),
-            "split": args.split,
-            "dev_size": args.dev_size,
-            "limit": args.limit,
-        },
-        progress=update,
-    )
-    bar.close()
+    try:
+        summary = extract(
+            teacher,
+            examples,
+            out,
+            task=args.task,
+            method=args.method,
+            top_k=args.top_k,
+            target=args.target,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            with_faithfulness=not args.no_faithfulness,
+            faithfulness_limit=args.faithfulness_limit,
+            rows=args.rows,
+            seed=args.seed,
+            method_settings=settings,
+            config={
+                "data": str(args.data),
+                "data_hash": data_hash(args.data),
+                "split": args.split,
+                "dev_size": args.dev_size,
+                "limit": args.limit,
+            },
+            progress=update,
+        )
+    finally:
+        bar.close()  # an error prints on its own line, not glued to the bar
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .pipeline import make_plan, run_plan
+
+    plan = make_plan(
+        args.task,
+        args.out,
+        preset=args.preset,
+        data=args.data,
+        test_data=args.test_data,
+        test_limit=args.test_limit,
+        teacher=args.teacher,
+        student=args.student,
+        modes=args.modes,
+        seeds=args.seeds,
+        train_size=args.train_size,
+        dev_size=args.dev_size,
+        steps=args.steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        top_k=args.top_k,
+        method=args.method,
+        target=args.target,
+        extract_batch=args.extract_batch,
+        max_new_tokens=args.max_new_tokens,
+        faithfulness_limit=args.faithfulness_limit,
+        zero_shot=False if args.no_zero_shot else None,
+    )
+    bar = StageBar()
+    try:
+        result = run_plan(plan, progress=bar)
+    finally:
+        bar.close()
+    if result.status != "finished":
+        print(f"stopped at {result.stage}; run the same command again to resume", file=sys.stderr)
+        return 1
+    print(Path(result.table_md).read_text(encoding="utf-8"))
+    print(f"results: {result.table_md} and {result.table_json}", file=sys.stderr)
     return 0
 
 
@@ -226,6 +305,40 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--runs", default="runs", help="runs folder for a bare --out name")
     e.add_argument("--out", required=True, help="run name or folder")
     e.set_defaults(fn=cmd_extract)
+
+    x = sub.add_parser(
+        "experiment",
+        aliases=["run"],
+        help="extract -> train every mode -> evaluate -> results table (resumable)",
+    )
+    x.add_argument("--task", required=True, choices=["cqa", "esnli", "anli1", "svamp"])
+    x.add_argument("--preset", choices=["cpu", "gpu"], help="sizes (distill/pipeline.py PRESETS)")
+    x.add_argument("--data", help="training data file; default: the task's bundled file")
+    x.add_argument("--test-data", help="final accuracy on this file (never trained on)")
+    x.add_argument("--test-limit", type=int)
+    x.add_argument("--teacher")
+    x.add_argument("--student")
+    x.add_argument("--modes", nargs="+", help="training modes; default standard saliency dss")
+    x.add_argument("--seeds", nargs="+", type=int)
+    x.add_argument("--train-size", type=int, help="training examples")
+    x.add_argument("--dev-size", type=int, help="dev examples carved from the data file")
+    x.add_argument("--steps", type=int)
+    x.add_argument("--epochs", type=float)
+    x.add_argument("--batch-size", type=int)
+    x.add_argument("--lr", type=float)
+    x.add_argument("--top-k", type=int)
+    x.add_argument("--method")
+    x.add_argument(
+        "--target",
+        choices=["generated", "gold"],
+        help="rationale target: the teacher's own answer (default) or gold (analysis only)",
+    )
+    x.add_argument("--extract-batch", type=int)
+    x.add_argument("--max-new-tokens", type=int)
+    x.add_argument("--faithfulness-limit", type=int)
+    x.add_argument("--no-zero-shot", action="store_true", help="skip the untrained student")
+    x.add_argument("--out", required=True, help="experiment folder")
+    x.set_defaults(fn=cmd_experiment)
 
     t = sub.add_parser("train", help="fine-tune a student")
     data_args(t)

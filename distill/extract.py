@@ -323,11 +323,10 @@ def extract(
                 }
             )
         return summary
-    run.check(settings)  # other settings in an unfinished folder: refuse before writing
     # cpu=True without a GPU so several CPU processes (torchrun, accelerate launch) use gloo
     state = PartialState(cpu=not torch.cuda.is_available())
     if state.is_main_process:
-        run.create(settings)
+        run.create(settings)  # refuses an unfinished folder with other settings
     state.wait_for_everyone()
     # Faithfulness costs four extra forward passes: optionally only on the first N examples.
     faith_ids = {ex.id for ex in examples[: faithfulness_limit or 0]}
