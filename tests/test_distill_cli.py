@@ -220,3 +220,46 @@ def test_train_eval_compare(model_dir, datasets_dir, tmp_path, capsys, monkeypat
         ]
     )
     assert rc == 2 and "never overwritten" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, msg",
+    [
+        (["--limit", "0"], "--limit must be at least 1"),
+        (["--limit", "-1"], "--limit must be at least 1"),
+        (["--batch-size", "-2"], "batch size"),
+        (["--batch-size", "0"], "batch size"),
+        (["--top-k", "0"], "top-k"),
+        (["--method", "magic"], "unknown method"),
+        (["--max-new-tokens", "0"], "max new tokens"),
+        (["--split", "dev", "--dev-size", "0"], "no examples in the dev split"),
+    ],
+)
+def test_extract_bad_settings_leave_no_run(datasets_dir, tmp_path, capsys, extra, msg):
+    """Issue 9: these wrote a finished n=0 run (or failed after loading the teacher and
+    creating the folder); now: exit 2, one line, before any model load, no folder."""
+    data = str(datasets_dir / "cqa/cqa_train.json")
+    out = tmp_path / "run"
+    argv = ["extract", "--teacher", "/no/such/teacher", "--task", "cqa", "--data", data]
+    rc = main(argv + ["--limit", "5", *extra, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and msg in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_experiment_command(model_dir, datasets_dir, tmp_path, capsys):
+    argv = ["experiment", "--task", "cqa", "--data", str(datasets_dir / "cqa/cqa_train.json")]
+    argv += ["--teacher", model_dir, "--student", model_dir, "--modes", "standard", "saliency"]
+    argv += ["--train-size", "4", "--dev-size", "2", "--steps", "1", "--batch-size", "2"]
+    argv += ["--top-k", "2", "--max-new-tokens", "2", "--out", str(tmp_path / "exp")]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "| saliency | generated |" in captured.out
+    assert "train saliency" in captured.err  # the one progress display names the stage
+    assert (tmp_path / "exp/results.json").is_file()
+    assert main(argv) == 0  # a rerun reuses every finished stage
+    assert json.loads((tmp_path / "exp/results.json").read_text())["models"][1]["cached"]
+    capsys.readouterr()
+    assert main(argv[:-1] + [str(tmp_path / "exp2"), "--batch-size", "0"]) == 2
+    assert "batch size must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "exp2").exists()
