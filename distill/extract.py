@@ -331,17 +331,21 @@ def extract(
     # Faithfulness costs four extra forward passes: optionally only on the first N examples.
     faith_ids = {ex.id for ex in examples[: faithfulness_limit or 0]}
     done = done_ids(run)
-    todo = [ex for ex in examples if ex.id not in done]
-    mine = todo[state.process_index :: state.num_processes]
+    # Batches are a pure function of the example order (never regrouped around what is done),
+    # so a resumed run computes every record in the same batch as an uninterrupted one and the
+    # records are identical; a batch cut by a kill is recomputed whole, its missing ids kept.
+    mine = examples[state.process_index :: state.num_processes]
+    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    batches = [b for b in batches if any(ex.id not in done for ex in b)]
     part = _part_path(run, state.process_index, state.num_processes)
     repair_tail(part)
     if state.is_main_process:
         run.set_status("running", stage="extract")
-    t0, n_done, total = time.perf_counter(), 0, len(mine)
-    for start in range(0, len(mine), batch_size):
+    t0, n_done = time.perf_counter(), 0
+    total = sum(ex.id not in done for b in batches for ex in b)
+    for chunk in batches:
         if stop is not None and stop.is_set():
             break
-        chunk = mine[start : start + batch_size]
         answers = [ex.label if target == "gold" else None for ex in chunk]
         results = explain_batch(
             teacher,
@@ -356,6 +360,8 @@ def extract(
             **(explain_settings or {}),
         )
         for ex, res in zip(chunk, results):
+            if ex.id in done:
+                continue
             faith = None
             if with_faithfulness and (faithfulness_limit is None or ex.id in faith_ids):
                 rng = random.Random(f"{seed}:{ex.id}")
