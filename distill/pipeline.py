@@ -228,6 +228,7 @@ class ModelResult:
     run_dir: str | None = None
     predictions: str | None = None
     cached: bool = False
+    hint_coverage: float | None = None  # hint mode: share of evaluated examples with a hint
 
 
 @dataclass
@@ -415,6 +416,9 @@ def _evaluate_stage(plan, name, model, mode, examples, rationales, eval_note, mo
     atomic_write_text(preds, "".join(json.dumps(p) + "\n" for p in res.predictions))
     result = {k: v for k, v in res.to_dict().items() if k != "predictions"}
     result["predictions"] = str(preds)
+    if rationales is not None:
+        covered = sum(bool(rationales.get(ex.id)) for ex in examples)
+        result["hint_coverage"] = covered / len(examples) if examples else None
     atomic_write_json(path, {"key": key, "result": result})
     return result, False
 
@@ -545,6 +549,7 @@ def _model_result(name, mode, seed, res, eval_note, run_dir, cached) -> ModelRes
         run_dir=run_dir,
         predictions=res.get("predictions"),
         cached=cached,
+        hint_coverage=res.get("hint_coverage"),
     )
 
 

@@ -326,6 +326,20 @@ class RunDir:
 # Listing
 
 
+def _run_folders(root: Path) -> list[Path]:
+    """Run folders directly under ``root``, and those inside experiment folders (a folder with
+    ``plan.json``, see :mod:`distill.pipeline`), listed as ``<experiment>/<stage>``."""
+    out = []
+    for p in root.iterdir():
+        if not p.is_dir():
+            continue
+        if RunDir(p).exists:
+            out.append(p)
+        elif (p / "plan.json").is_file():
+            out += [q for q in p.iterdir() if q.is_dir() and RunDir(q).exists]
+    return out
+
+
 RUN_COLUMNS = ["name", "kind", "mode", "student", "task", "steps", "accuracy", "status", "path"]
 
 
@@ -336,10 +350,8 @@ def list_runs(root: str | Path | None = None):
     root = Path(root) if root is not None else runs_root()
     rows = []
     if root.is_dir():
-        for p in root.iterdir():
+        for p in _run_folders(root):
             run = RunDir(p)
-            if not p.is_dir() or not run.exists:
-                continue
             cfg, st = run.config(), run.status()
             # Training configs nest their settings; extraction configs keep them flat.
             settings = cfg.get("settings") or cfg
@@ -353,7 +365,7 @@ def list_runs(root: str | Path | None = None):
                 steps = max(done) if done else 0
             rows.append(
                 {
-                    "name": p.name,
+                    "name": p.relative_to(root).as_posix(),
                     "kind": cfg.get("kind"),
                     "mode": settings.get("mode"),
                     "student": settings.get("student") or (cfg.get("models") or {}).get("student"),

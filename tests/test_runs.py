@@ -172,3 +172,13 @@ def test_killed_run_shows_interrupted(tmp_path):
     st["host"] = "another-machine"  # cannot tell for another host: left as written
     run.status_path.write_text(json.dumps(st))
     assert run.status()["status"] == "running"
+
+
+def test_list_runs_includes_experiment_stages(tmp_path):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "plan.json").write_text("{}")
+    RunDir(exp / "extract").create({"kind": "extract", "task": "cqa"})
+    RunDir(tmp_path / "solo").create({"kind": "train", "settings": {"mode": "standard"}})
+    names = set(runs.list_runs(tmp_path)["name"])
+    assert names == {"exp/extract", "solo"}
