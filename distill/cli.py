@@ -39,16 +39,20 @@ class StageBar:
         self.stage: str | None = None
 
     def __call__(self, p: dict) -> None:
-        stage = p.get("stage") or self.stage or ""
+        # "[2/5] train saliency (seed 0): training": the part before ": " is the job's stage,
+        # the rest the stage's own phase (shown beside the figures).
+        outer, _, inner = str(p.get("stage") or self.stage or "").partition(": ")
         done = p.get("done", p.get("step"))
         total = p.get("total")
-        if stage != self.stage and total is not None:
-            self.stage = stage
-            self.bar.reset(total=total)
-            self.bar.set_description_str(stage)
+        restart = outer != self.stage or (done is not None and done < self.bar.n)
+        if total is not None and (restart or total != self.bar.total):
+            self.stage = outer
+            self.bar.reset(total=total)  # items/s and ETA restart with the stage
+            self.bar.set_description_str(outer)
         if done is not None and done >= self.bar.n:
             self.bar.update(done - self.bar.n)
-        note = p.get("message") or ("" if p.get("loss") is None else f"loss {p['loss']:.4f}")
+        loss = "" if p.get("loss") is None else f"loss {p['loss']:.4f}"
+        note = " ".join(x for x in (inner, p.get("message") or loss) if x)
         if note:
             self.bar.set_postfix_str(note, refresh=False)
         self.bar.refresh()

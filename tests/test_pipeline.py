@@ -121,3 +121,24 @@ def test_presets(tmp_path):
     assert make_plan("cqa", str(tmp_path), preset="gpu").train_size is None
     with pytest.raises(PlanError, match="preset"):
         make_plan("cqa", str(tmp_path), preset="tpu")
+
+
+def test_hint_mode_uses_the_teachers_own_answer(tiny_model_dir, datasets_dir, tmp_path, one_thread):
+    """Defect 3: hints at evaluation come from a generated-target extraction of the evaluation
+    examples themselves, checked before use; the result states the hint coverage."""
+    from distill.rationales import read_meta, read_records
+
+    test = tmp_path / "test.jsonl"
+    lines = open(datasets_dir / "cqa/cqa_train.json").read().splitlines()[-3:]
+    test.write_text("\n".join(lines) + "\n")
+    plan = _plan(tiny_model_dir, datasets_dir, tmp_path / "exp", modes=["hint"],
+                 test_data=str(test), zero_shot=False)  # fmt: skip
+    res = run_plan(plan)
+    assert res.status == "finished"
+    (model,) = res.models
+    assert model.hint_coverage == 1.0 and model.n == 3
+    assert read_meta(tmp_path / "exp/extract-eval").target == "generated"
+    test_ids = {json.loads(x)["id"] for x in lines}
+    assert {r["id"] for r in read_records(tmp_path / "exp/extract-eval")} == test_ids
+    # The training extraction covered train and dev (dev hints for the dev evaluation).
+    assert len(read_records(tmp_path / "exp/extract")) == 9
