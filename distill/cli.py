@@ -52,7 +52,8 @@ class StageBar:
         if done is not None and done >= self.bar.n:
             self.bar.update(done - self.bar.n)
         loss = "" if p.get("loss") is None else f"loss {p['loss']:.4f}"
-        note = " ".join(x for x in (inner, p.get("message") or loss) if x)
+        msg = p.get("message") or loss
+        note = msg if inner and msg.startswith(inner) else " ".join(x for x in (inner, msg) if x)
         if note:
             self.bar.set_postfix_str(note, refresh=False)
         self.bar.refresh()

@@ -389,7 +389,8 @@ def _train_stage(plan, mode, seed, progress, stop, model_loader) -> dict:
     return train(cfg, progress=progress, stop=stop, model_loader=model_loader)
 
 
-def _evaluate_stage(plan, name, model, mode, examples, rationales, eval_note, model_loader):
+def _evaluate_stage(plan, name, model, mode, examples, rationales, eval_note, model_loader,
+                    progress=None):  # fmt: skip
     """Accuracy of ``model`` on ``examples``, saved as ``eval-<name>.json`` (reused if there)."""
     from .evaluate import evaluate
 
@@ -411,6 +412,7 @@ def _evaluate_stage(plan, name, model, mode, examples, rationales, eval_note, mo
         batch_size=plan.batch_size,
         max_new_tokens=plan.max_new_tokens,
         model_loader=model_loader,
+        progress=progress,
     )
     preds = Path(plan.out) / f"predictions-{name}.jsonl"
     atomic_write_text(preds, "".join(json.dumps(p) + "\n" for p in res.predictions))
@@ -487,7 +489,8 @@ def run_plan(
             dev = test if test else splits[seed][1][: plan.dev_limit]
             emit({"stage": st, "done": 0, "total": len(dev)})
             res, cached = _evaluate_stage(plan, f"zero-shot-s{seed}", plan.student, "standard",
-                                          dev, None, eval_note, model_loader)  # fmt: skip
+                                          dev, None, eval_note, model_loader,
+                                          _stage(emit, st))  # fmt: skip
             result.models.append(_model_result("zero-shot", "zero-shot", seed, res, eval_note,
                                                None, cached))  # fmt: skip
 
@@ -511,7 +514,8 @@ def run_plan(
                 emit({"stage": st, "done": 0, "total": len(test)})
                 hints = test_hints if mode == "hint" else None
                 res, cached = _evaluate_stage(plan, f"{mode}-s{seed}", run_dir, mode, test, hints,
-                                              eval_note, model_loader)  # fmt: skip
+                                              eval_note, model_loader,
+                                              _stage(emit, st))  # fmt: skip
             else:
                 res, cached = summary, bool(summary.get("cached"))
                 res = dict(res, predictions=str(Path(run_dir) / "dev_predictions.jsonl"))
