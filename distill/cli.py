@@ -68,6 +68,22 @@ def _bar(total: int, desc: str):
     return bar, bar
 
 
+def run_out(args: argparse.Namespace) -> Path:
+    """The run folder of extract/train: ``--out NAME`` inside the runs folder (``--runs``, else
+    $KDLENS_RUNS or ./runs), or an explicit folder given with ``--out-dir PATH`` (issue 9: one
+    rule for every command; a name never escapes the runs folder)."""
+    from .runs import runs_root, safe_run_dir
+
+    if args.out_dir:
+        return Path(args.out_dir).expanduser().resolve()
+    if "/" in args.out or "\\" in args.out:
+        raise KDLensError(
+            f"--out takes a run name, got {args.out!r}; for a folder outside the runs folder "
+            "use --out-dir PATH"
+        )
+    return safe_run_dir(args.runs or runs_root(), args.out)
+
+
 def _check_limit(args: argparse.Namespace) -> None:
     if args.limit is not None and args.limit < 1:
         raise KDLensError(f"--limit must be at least 1, got {args.limit}")
@@ -78,9 +94,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     from .data import data_hash
     from .extract import extract, validate_settings
-    from .runs import RunDir, safe_run_dir
+    from .runs import RunDir
 
     _check_limit(args)
+    out = run_out(args)
     examples = _examples(args)
     if not examples:
         raise KDLensError(f"no examples in the {args.split} split; nothing to extract")
@@ -88,7 +105,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
         examples, args.task, args.method, args.top_k, args.target, args.batch_size,
         args.max_new_tokens, args.faithfulness_limit, args.rows,
     )  # fmt: skip
-    out = Path(args.out) if "/" in args.out else safe_run_dir(args.runs, args.out)
     run = RunDir(out)
     if not run.exists:
         run.check({})  # a folder that is not a run: refuse before loading the teacher
@@ -188,7 +204,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         limit=args.limit,
         eval_every=args.eval_every,
         save_every=args.save_every,
-        out=args.out,
+        out=str(run_out(args)),  # absolute: TrainConfig takes it as the folder itself
     )
 
     def progress(p: dict) -> None:
@@ -287,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--dev-size", type=_dev_size, default=0.1, help="fraction or count")
 
+    def out_args(sp):
+        sp.add_argument("--runs", help="runs folder (default $KDLENS_RUNS or ./runs)")
+        where = sp.add_mutually_exclusive_group(required=True)
+        where.add_argument("--out", help="run name, a folder inside the runs folder")
+        where.add_argument("--out-dir", help="an explicit run folder anywhere")
+
     e = sub.add_parser("extract", help="teacher rationales over a dataset")
     data_args(e)
     e.add_argument("--teacher", default=DEFAULT_TEACHER)
@@ -307,8 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--faithfulness-limit", type=int, help="ERASER figures on the first N only")
     e.add_argument("--device")
     e.add_argument("--dtype", default="auto")
-    e.add_argument("--runs", default="runs", help="runs folder for a bare --out name")
-    e.add_argument("--out", required=True, help="run name or folder")
+    out_args(e)
     e.set_defaults(fn=cmd_extract)
 
     x = sub.add_parser(
@@ -359,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dev-limit", type=int, default=200)
     t.add_argument("--eval-every", type=int, default=50)
     t.add_argument("--save-every", type=int, default=50)
-    t.add_argument("--out", required=True, help="run name (under $KDLENS_RUNS or ./runs) or folder")
+    out_args(t)
     t.set_defaults(fn=cmd_train)
 
     v = sub.add_parser("eval", help="accuracy of a model or trained run")

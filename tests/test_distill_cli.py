@@ -30,7 +30,7 @@ def test_extract_then_overlap(model_dir, datasets_dir, tmp_path, capsys):
             "3",
             "--max-new-tokens",
             "3",
-            "--out",
+            "--out-dir",
             out,
         ]
     )
@@ -76,7 +76,7 @@ def test_extract_split_is_disjoint(model_dir, datasets_dir, tmp_path, capsys):
                 "--no-faithfulness",
                 "--max-new-tokens",
                 "2",
-                "--out",
+                "--out-dir",
                 str(tmp_path / part),
             ]
         )
@@ -94,6 +94,8 @@ def test_extract_split_is_disjoint(model_dir, datasets_dir, tmp_path, capsys):
         (["overlap", "--rationales", "/no/such/file.jsonl"], "error: "),
         (["extract", "--task", "cqa", "--data", "/no/such.json", "--out", "x"], "error: "),
         (["extract", "--task", "cqa", "--data", "README.md", "--out", "../escape"], "error: "),
+        (["extract", "--task", "cqa", "--data", "README.md", "--out", "/abs/x"], "error: --out "),
+        (["train", "--task", "cqa", "--data", "README.md", "--out", "a/../../x"], "error: --out "),
     ],
 )
 def test_bad_input_one_line(argv, msg, capsys):
@@ -135,7 +137,7 @@ def test_extract_sharded_over_two_processes(model_dir, datasets_dir, tmp_path):
             "distill",
             "extract",
             *args,
-            "--out",
+            "--out-dir",
             str(tmp_path / "sharded"),
         ],
         cwd=root,
@@ -146,7 +148,7 @@ def test_extract_sharded_over_two_processes(model_dir, datasets_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     parts = sorted(p.name for p in (tmp_path / "sharded" / "parts").iterdir())
     assert parts == ["rank0-of2.jsonl", "rank1-of2.jsonl"]
-    assert main(["extract", *args, "--out", str(tmp_path / "single")]) == 0
+    assert main(["extract", *args, "--out-dir", str(tmp_path / "single")]) == 0
     sharded = [
         json.loads(x) for x in (tmp_path / "sharded/rationales.jsonl").read_text().split("\n") if x
     ]
@@ -241,7 +243,7 @@ def test_extract_bad_settings_leave_no_run(datasets_dir, tmp_path, capsys, extra
     data = str(datasets_dir / "cqa/cqa_train.json")
     out = tmp_path / "run"
     argv = ["extract", "--teacher", "/no/such/teacher", "--task", "cqa", "--data", data]
-    rc = main(argv + ["--limit", "5", *extra, "--out", str(out)])
+    rc = main(argv + ["--limit", "5", *extra, "--out-dir", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and msg in err and err.count("\n") == 1, err
     assert not out.exists()
