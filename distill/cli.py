@@ -24,6 +24,19 @@ def _examples(args: argparse.Namespace):
     return train if args.split == "train" else dev
 
 
+def _finite(text: str) -> float:
+    """A float flag that refuses nan and inf (``--lr inf`` trained an all-inf model)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _dev_size(text: str) -> float | int:
     return float(text) if "." in text else int(text)
 
@@ -349,9 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--train-size", type=int, help="training examples")
     x.add_argument("--dev-size", type=int, help="dev examples carved from the data file")
     x.add_argument("--steps", type=int)
-    x.add_argument("--epochs", type=float)
+    x.add_argument("--epochs", type=_finite)
     x.add_argument("--batch-size", type=int)
-    x.add_argument("--lr", type=float)
+    x.add_argument("--lr", type=_finite)
     x.add_argument("--top-k", type=int)
     x.add_argument("--method")
     x.add_argument(
@@ -371,12 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--student", default=DEFAULT_STUDENT)
     t.add_argument("--mode", choices=["standard", "saliency", "dss", "hint"], default="standard")
     t.add_argument("--rationales", help="extraction run folder (saliency, hint)")
-    t.add_argument("--alpha", type=float, default=0.5)
+    t.add_argument("--alpha", type=_finite, default=0.5)
     t.add_argument("--steps", type=int)
-    t.add_argument("--epochs", type=float)
+    t.add_argument("--epochs", type=_finite)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--grad-accum", type=int, default=1)
-    t.add_argument("--lr", type=float, default=5e-5)
+    t.add_argument("--lr", type=_finite, default=5e-5)
     t.add_argument("--dev-limit", type=int, default=200)
     t.add_argument("--eval-every", type=int, default=50)
     t.add_argument("--save-every", type=int, default=50)

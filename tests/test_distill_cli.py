@@ -265,3 +265,11 @@ def test_experiment_command(model_dir, datasets_dir, tmp_path, capsys):
     assert main(argv[:-1] + [str(tmp_path / "exp2"), "--batch-size", "0"]) == 2
     assert "batch size must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "exp2").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "nan"), ("--lr", "inf"), ("--epochs", "nan")])
+def test_train_refuses_non_finite_numbers(flag, value, tmp_path, capsys):
+    argv = ["train", "--task", "cqa", "--data", "x.json", flag, value, "--out-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "finite number" in capsys.readouterr().err
