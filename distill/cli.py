@@ -24,62 +24,175 @@ def _examples(args: argparse.Namespace):
     return train if args.split == "train" else dev
 
 
+def _finite(text: str) -> float:
+    """A float flag that refuses nan and inf (``--lr inf`` trained an all-inf model)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _dev_size(text: str) -> float | int:
     return float(text) if "." in text else int(text)
 
 
+class StageBar:
+    """One tqdm display for a whole job: the bar restarts per stage and shows the stage's
+    name, items done/total, items/s and ETA."""
+
+    def __init__(self, unit: str = "it") -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        self.stage: str | None = None
+
+    def __call__(self, p: dict) -> None:
+        # "[2/5] train saliency (seed 0): training": the part before ": " is the job's stage,
+        # the rest the stage's own phase (shown beside the figures).
+        outer, _, inner = str(p.get("stage") or self.stage or "").partition(": ")
+        done = p.get("done", p.get("step"))
+        total = p.get("total")
+        restart = outer != self.stage or (done is not None and done < self.bar.n)
+        if total is not None and (restart or total != self.bar.total):
+            self.stage = outer
+            self.bar.reset(total=total)  # items/s and ETA restart with the stage
+            self.bar.set_description_str(outer)
+        if done is not None and done >= self.bar.n:
+            self.bar.update(done - self.bar.n)
+        loss = "" if p.get("loss") is None else f"loss {p['loss']:.4f}"
+        msg = p.get("message") or loss
+        note = msg if inner and msg.startswith(inner) else " ".join(x for x in (inner, msg) if x)
+        if note:
+            self.bar.set_postfix_str(note, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _bar(total: int, desc: str):
-    from tqdm import tqdm
+    bar = StageBar("ex")
+    bar({"stage": desc, "done": 0, "total": total})
+    return bar, bar
 
-    bar = tqdm(total=total, desc=desc, unit="ex", file=sys.stderr)
 
-    def update(p: dict) -> None:
-        if "done" in p:
-            bar.n = p["done"]
-            bar.set_postfix_str(p.get("message", ""))
-            bar.refresh()
+def run_out(args: argparse.Namespace) -> Path:
+    """The run folder of extract/train: ``--out NAME`` inside the runs folder (``--runs``, else
+    $KDLENS_RUNS or ./runs), or an explicit folder given with ``--out-dir PATH`` (issue 9: one
+    rule for every command; a name never escapes the runs folder)."""
+    from .runs import runs_root, safe_run_dir
 
-    return bar, update
+    if args.out_dir:
+        return Path(args.out_dir).expanduser().resolve()
+    if "/" in args.out or "\\" in args.out:
+        raise KDLensError(
+            f"--out takes a run name, got {args.out!r}; for a folder outside the runs folder "
+            "use --out-dir PATH"
+        )
+    return safe_run_dir(args.runs or runs_root(), args.out)
+
+
+def _check_limit(args: argparse.Namespace) -> None:
+    if args.limit is not None and args.limit < 1:
+        raise KDLensError(f"--limit must be at least 1, got {args.limit}")
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from explain.models import load_model
 
     from .data import data_hash
-    from .extract import extract
-    from .runs import safe_run_dir
+    from .extract import extract, validate_settings
+    from .runs import RunDir
 
+    _check_limit(args)
+    out = run_out(args)
     examples = _examples(args)
-    out = Path(args.out) if "/" in args.out else safe_run_dir(args.runs, args.out)
+    if not examples:
+        raise KDLensError(f"no examples in the {args.split} split; nothing to extract")
+    validate_settings(
+        examples, args.task, args.method, args.top_k, args.target, args.batch_size,
+        args.max_new_tokens, args.faithfulness_limit, args.rows,
+    )  # fmt: skip
+    run = RunDir(out)
+    if not run.exists:
+        run.check({})  # a folder that is not a run: refuse before loading the teacher
     teacher = load_model(args.teacher, device=args.device, dtype=args.dtype)
     bar, update = _bar(len(examples), "extract")
     settings = {"n_steps": args.steps} if args.steps else None
-    summary = extract(
-        teacher,
-        examples,
-        out,
-        task=args.task,
-        method=args.method,
-        top_k=args.top_k,
-        target=args.target,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        with_faithfulness=not args.no_faithfulness,
-        faithfulness_limit=args.faithfulness_limit,
-        rows=args.rows,
-        seed=args.seed,
-        method_settings=settings,
-        config={
-            "data": str(args.data),
-            "data_hash": data_hash(args.data),
-            "split": args.split,
-            "dev_size": args.dev_size,
-            "limit": args.limit,
-        },
-        progress=update,
-    )
-    bar.close()
+    try:
+        summary = extract(
+            teacher,
+            examples,
+            out,
+            task=args.task,
+            method=args.method,
+            top_k=args.top_k,
+            target=args.target,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            with_faithfulness=not args.no_faithfulness,
+            faithfulness_limit=args.faithfulness_limit,
+            rows=args.rows,
+            seed=args.seed,
+            method_settings=settings,
+            config={
+                "data": str(args.data),
+                "data_hash": data_hash(args.data),
+                "split": args.split,
+                "dev_size": args.dev_size,
+                "limit": args.limit,
+            },
+            progress=update,
+        )
+    finally:
+        bar.close()  # an error prints on its own line, not glued to the bar
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .pipeline import make_plan, run_plan
+
+    plan = make_plan(
+        args.task,
+        args.out,
+        preset=args.preset,
+        data=args.data,
+        test_data=args.test_data,
+        test_limit=args.test_limit,
+        teacher=args.teacher,
+        student=args.student,
+        modes=args.modes,
+        seeds=args.seeds,
+        train_size=args.train_size,
+        dev_size=args.dev_size,
+        steps=args.steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        top_k=args.top_k,
+        method=args.method,
+        target=args.target,
+        extract_batch=args.extract_batch,
+        max_new_tokens=args.max_new_tokens,
+        faithfulness_limit=args.faithfulness_limit,
+        zero_shot=False if args.no_zero_shot else None,
+    )
+    bar = StageBar()
+    try:
+        result = run_plan(plan, progress=bar)
+    finally:
+        bar.close()
+    if result.status != "finished":
+        print(f"stopped at {result.stage}; run the same command again to resume", file=sys.stderr)
+        return 1
+    print(Path(result.table_md).read_text(encoding="utf-8"))
+    print(f"results: {result.table_md} and {result.table_json}", file=sys.stderr)
     return 0
 
 
@@ -104,7 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         limit=args.limit,
         eval_every=args.eval_every,
         save_every=args.save_every,
-        out=args.out,
+        out=str(run_out(args)),  # absolute: TrainConfig takes it as the folder itself
     )
 
     def progress(p: dict) -> None:
@@ -203,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--dev-size", type=_dev_size, default=0.1, help="fraction or count")
 
+    def out_args(sp):
+        sp.add_argument("--runs", help="runs folder (default $KDLENS_RUNS or ./runs)")
+        where = sp.add_mutually_exclusive_group(required=True)
+        where.add_argument("--out", help="run name, a folder inside the runs folder")
+        where.add_argument("--out-dir", help="an explicit run folder anywhere")
+
     e = sub.add_parser("extract", help="teacher rationales over a dataset")
     data_args(e)
     e.add_argument("--teacher", default=DEFAULT_TEACHER)
@@ -223,25 +342,58 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--faithfulness-limit", type=int, help="ERASER figures on the first N only")
     e.add_argument("--device")
     e.add_argument("--dtype", default="auto")
-    e.add_argument("--runs", default="runs", help="runs folder for a bare --out name")
-    e.add_argument("--out", required=True, help="run name or folder")
+    out_args(e)
     e.set_defaults(fn=cmd_extract)
+
+    x = sub.add_parser(
+        "experiment",
+        aliases=["run"],
+        help="extract -> train every mode -> evaluate -> results table (resumable)",
+    )
+    x.add_argument("--task", required=True, choices=["cqa", "esnli", "anli1", "svamp"])
+    x.add_argument("--preset", choices=["cpu", "gpu"], help="sizes (distill/pipeline.py PRESETS)")
+    x.add_argument("--data", help="training data file; default: the task's bundled file")
+    x.add_argument("--test-data", help="final accuracy on this file (never trained on)")
+    x.add_argument("--test-limit", type=int)
+    x.add_argument("--teacher")
+    x.add_argument("--student")
+    x.add_argument("--modes", nargs="+", help="training modes; default standard saliency dss")
+    x.add_argument("--seeds", nargs="+", type=int)
+    x.add_argument("--train-size", type=int, help="training examples")
+    x.add_argument("--dev-size", type=int, help="dev examples carved from the data file")
+    x.add_argument("--steps", type=int)
+    x.add_argument("--epochs", type=_finite)
+    x.add_argument("--batch-size", type=int)
+    x.add_argument("--lr", type=_finite)
+    x.add_argument("--top-k", type=int)
+    x.add_argument("--method")
+    x.add_argument(
+        "--target",
+        choices=["generated", "gold"],
+        help="rationale target: the teacher's own answer (default) or gold (analysis only)",
+    )
+    x.add_argument("--extract-batch", type=int)
+    x.add_argument("--max-new-tokens", type=int)
+    x.add_argument("--faithfulness-limit", type=int)
+    x.add_argument("--no-zero-shot", action="store_true", help="skip the untrained student")
+    x.add_argument("--out", required=True, help="experiment folder")
+    x.set_defaults(fn=cmd_experiment)
 
     t = sub.add_parser("train", help="fine-tune a student")
     data_args(t)
     t.add_argument("--student", default=DEFAULT_STUDENT)
     t.add_argument("--mode", choices=["standard", "saliency", "dss", "hint"], default="standard")
     t.add_argument("--rationales", help="extraction run folder (saliency, hint)")
-    t.add_argument("--alpha", type=float, default=0.5)
+    t.add_argument("--alpha", type=_finite, default=0.5)
     t.add_argument("--steps", type=int)
-    t.add_argument("--epochs", type=float)
+    t.add_argument("--epochs", type=_finite)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--grad-accum", type=int, default=1)
-    t.add_argument("--lr", type=float, default=5e-5)
+    t.add_argument("--lr", type=_finite, default=5e-5)
     t.add_argument("--dev-limit", type=int, default=200)
     t.add_argument("--eval-every", type=int, default=50)
     t.add_argument("--save-every", type=int, default=50)
-    t.add_argument("--out", required=True, help="run name (under $KDLENS_RUNS or ./runs) or folder")
+    out_args(t)
     t.set_defaults(fn=cmd_train)
 
     v = sub.add_parser("eval", help="accuracy of a model or trained run")

@@ -23,23 +23,117 @@ from pathlib import Path
 import torch
 
 from explain.attr import Scorer, collate
+from explain.errors import KDLensError
 from explain.models import LoadedModel
 from explain.pipeline import explain_batch
 from explain.result import AttributionResult
 
 from .data import Example, get_task
 from .metrics import score_answer
-from .runs import RunDir, append_jsonl, atomic_write_text, read_jsonl
+from .rationales import RATIONALES, TARGETS
+from .runs import RunDir, RunError, append_jsonl, atomic_write_text, read_jsonl
 
-RATIONALES = "rationales.jsonl"
+
+class ExtractError(KDLensError):
+    """Extraction settings or inputs that cannot give a valid run."""
 
 
-def cache_key(
-    teacher: str, method: str, top_k: int, target: str, data_hash: str, extra: dict | None = None
-) -> str:
-    """Identity of an extraction: same key, same results (reused instead of recomputed)."""
-    blob = json.dumps([teacher, method, top_k, target, data_hash, extra or {}], sort_keys=True)
+def examples_hash(examples: list[Example]) -> str:
+    """sha256 over every example's id, fields, label and options, in order: two example lists
+    that differ anywhere (even with the same count and data file) get different hashes."""
+    h = hashlib.sha256()
+    for ex in examples:
+        blob = [ex.id, ex.task, ex.fields, ex.label, ex.options]
+        h.update(json.dumps(blob, sort_keys=True, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def model_fingerprint(loaded: LoadedModel) -> str:
+    """A hash identifying the teacher's weights, for the cache key.
+
+    A pack's pinned sha256 when known; else the names, sizes and mtimes of a model folder's
+    weight files; else (a model built in memory) names, shapes, dtypes and a content sample of
+    every tensor in the state dict. Changed weights give another fingerprint, so results of
+    other weights are never reused.
+    """
+    info = getattr(loaded, "info", None) or {}
+    if info.get("pack_sha256"):
+        return "pack:" + str(info["pack_sha256"])
+    h = hashlib.sha256()
+    folder = Path(str(loaded.spec)).expanduser()
+    files = (
+        sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+        if folder.is_dir()
+        else []
+    )
+    if files:
+        for p in files:
+            st = p.stat()
+            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        return "files:" + h.hexdigest()[:32]
+    with torch.no_grad():
+        for name, t in loaded.model.state_dict().items():
+            flat = t.detach().reshape(-1)
+            # A strided sample of up to 4096 values per tensor: cheap even for 1.5B weights.
+            step = max(flat.numel() // 4096, 1)
+            sample = flat[::step][:4096].to("cpu", torch.float64)
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(sample.numpy().tobytes())
+    return "state:" + h.hexdigest()[:32]
+
+
+# The key itself is not hashed; every other recorded setting is.
+_KEY_FREE = ("cache_key",)
+
+
+def cache_key(settings: dict) -> str:
+    """Identity of an extraction's output: a hash of every setting that changes a record.
+
+    ``settings`` holds the teacher and its weight fingerprint, the examples' hash, method and
+    its settings, k, target, rows, explain settings (aggregation), max new tokens, chat
+    template, seed and faithfulness; the batch size is left out (results are batch-invariant).
+    """
+    blob = json.dumps(
+        {k: v for k, v in settings.items() if k not in _KEY_FREE}, sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def validate_settings(
+    examples: list[Example],
+    task: str,
+    method: str = "saliency",
+    top_k: int = 5,
+    target: str = "generated",
+    batch_size: int = 4,
+    max_new_tokens: int = 16,
+    faithfulness_limit: int | None = None,
+    rows: str = "answer",
+) -> None:
+    """Refuse impossible settings before any model load or folder creation (one-line errors)."""
+    from explain.attr import METHODS
+
+    get_task(task)
+    if method not in METHODS:
+        raise ExtractError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    for name, value in (("top-k", top_k), ("batch size", batch_size),
+                        ("max new tokens", max_new_tokens)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ExtractError(f"{name} must be a whole number of at least 1, got {value!r}")
+    if target not in TARGETS:
+        raise ExtractError(f"target must be 'generated' or 'gold', got {target!r}")
+    if rows not in ("answer", "tokens"):
+        raise ExtractError(f"rows must be 'answer' or 'tokens', got {rows!r}")
+    if faithfulness_limit is not None and faithfulness_limit < 0:
+        raise ExtractError(f"faithfulness limit must not be negative, got {faithfulness_limit}")
+    if not examples:
+        raise ExtractError("no examples to extract (empty data, split or limit)")
+    seen: set[str] = set()
+    for ex in examples:
+        if ex.id in seen:
+            raise ExtractError(f"example id {ex.id!r} appears twice; ids must be unique")
+        seen.add(ex.id)
 
 
 def _drop_tokens(ids: list[int], drop: set[int]) -> list[int]:
@@ -106,7 +200,8 @@ def _record(
         "human_rationale": ex.human_rationale,
         "teacher_answer": res.answer,
         "teacher_correct": correct,
-        "target": res.target,
+        # "generated" (the teacher's own answer) or "gold": consumers check it (no gold hints)
+        "target": settings["target"],
         "rationale": [word(w) for w in res.rationale],
         "words": [dict(word(w), is_input=w.is_input, is_punct=w.is_punct) for w in res.words],
         "top_k": settings["top_k"],
@@ -164,6 +259,7 @@ def extract(
     seed: int = 0,
     method_settings: dict | None = None,
     config: dict | None = None,
+    explain_settings: dict | None = None,
     progress: Callable[[dict], None] | None = None,
     stop: threading.Event | None = None,
 ) -> dict:
@@ -171,35 +267,51 @@ def extract(
 
     ``rows="answer"`` (default) attributes the whole answer's log-prob in one backward pass
     (DESIGN section 1); ``rows="tokens"`` scores each answer token and aggregates the rows.
+    ``explain_settings`` passes further keyword settings to :func:`explain_batch` (e.g. the
+    aggregation); like every setting that changes a record, they are part of the cache key.
+
+    A finished run with the same cache key is returned as ``cached``; a finished run with
+    another key is refused (RunError), never reused or overwritten.
     """
     from accelerate import PartialState
 
-    if target not in ("generated", "gold"):
-        raise ValueError("target must be 'generated' or 'gold'")
+    validate_settings(
+        examples, task, method, top_k, target, batch_size, max_new_tokens, faithfulness_limit, rows
+    )
     spec = get_task(task)
-    # cpu=True without a GPU so several CPU processes (torchrun, accelerate launch) use gloo
-    state = PartialState(cpu=not torch.cuda.is_available())
     run = RunDir(out_dir)
     settings = {
         "kind": "extract",
         "task": spec.name,
         "teacher": teacher.spec,
+        "teacher_fingerprint": model_fingerprint(teacher),
+        "chat_template": bool(teacher.use_chat_template),
         "method": method,
         "top_k": top_k,
         "target": target,
         "max_new_tokens": max_new_tokens,
         "seed": seed,
         "n_examples": len(examples),
+        "examples_sha256": examples_hash(examples),
         "method_settings": method_settings or {},
+        "explain_settings": explain_settings or {},
         "faithfulness": with_faithfulness,
         "faithfulness_limit": faithfulness_limit,
         "rows": rows,
         **(config or {}),
     }
-    settings["cache_key"] = cache_key(
-        teacher.spec, method, top_k, target, settings.get("data_hash", ""), {"n": len(examples)}
-    )
-    if run.is_finished and run.config().get("cache_key") == settings["cache_key"]:
+    settings["cache_key"] = cache_key(settings)
+    if run.is_finished:
+        old = run.config().get("cache_key")
+        if old != settings["cache_key"]:
+            # Never reuse a finished run made from other settings or examples, and never
+            # overwrite it: the caller picks another folder.
+            diff = [k for k in sorted(settings) if k != "cache_key" and k not in _KEY_FREE
+                    and run.config().get(k) != settings[k]]  # fmt: skip
+            raise RunError(
+                f"run {run.name!r} is a finished extraction with other settings "
+                f"({', '.join(diff) or 'cache key'}); use another folder"
+            )
         summary = dict(run.summary() or {}, cached=True)
         if progress:
             progress(
@@ -207,27 +319,33 @@ def extract(
                     "stage": "extract",
                     "done": len(examples),
                     "total": len(examples),
-                    "message": "cached: same teacher, method, k, target and data",
+                    "message": "cached: same teacher, weights, examples and settings",
                 }
             )
         return summary
+    # cpu=True without a GPU so several CPU processes (torchrun, accelerate launch) use gloo
+    state = PartialState(cpu=not torch.cuda.is_available())
     if state.is_main_process:
-        run.create(settings)
+        run.create(settings)  # refuses an unfinished folder with other settings
     state.wait_for_everyone()
     # Faithfulness costs four extra forward passes: optionally only on the first N examples.
     faith_ids = {ex.id for ex in examples[: faithfulness_limit or 0]}
     done = done_ids(run)
-    todo = [ex for ex in examples if ex.id not in done]
-    mine = todo[state.process_index :: state.num_processes]
+    # Batches are a pure function of the example order (never regrouped around what is done),
+    # so a resumed run computes every record in the same batch as an uninterrupted one and the
+    # records are identical; a batch cut by a kill is recomputed whole, its missing ids kept.
+    mine = examples[state.process_index :: state.num_processes]
+    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    batches = [b for b in batches if any(ex.id not in done for ex in b)]
     part = _part_path(run, state.process_index, state.num_processes)
     repair_tail(part)
     if state.is_main_process:
         run.set_status("running", stage="extract")
-    t0, n_done, total = time.perf_counter(), 0, len(mine)
-    for start in range(0, len(mine), batch_size):
+    t0, n_done = time.perf_counter(), 0
+    total = sum(ex.id not in done for b in batches for ex in b)
+    for chunk in batches:
         if stop is not None and stop.is_set():
             break
-        chunk = mine[start : start + batch_size]
         answers = [ex.label if target == "gold" else None for ex in chunk]
         results = explain_batch(
             teacher,
@@ -239,8 +357,11 @@ def extract(
             max_new_tokens=max_new_tokens,
             method_settings=method_settings,
             rows=rows,
+            **(explain_settings or {}),
         )
         for ex, res in zip(chunk, results):
+            if ex.id in done:
+                continue
             faith = None
             if with_faithfulness and (faithfulness_limit is None or ex.id in faith_ids):
                 rng = random.Random(f"{seed}:{ex.id}")

@@ -14,7 +14,7 @@ from statistics import mean
 
 from explain.words import WORD_RE
 
-from .data import DataError, _read_jsonl
+from .rationales import check_record, read_records
 
 DEFINITIONS: dict[str, str] = {
     "hit": "share of examples where at least one rationale word is a word of the gold answer "
@@ -50,39 +50,16 @@ STOPWORDS = frozenset(
 
 
 def _check_record(rec: object, fname: str, n: int) -> dict:
-    def bad(problem: str) -> DataError:
-        return DataError(f"{fname} line {n}: {problem}")
-
-    if not isinstance(rec, dict):
-        raise bad(f"expected a JSON object, got {type(rec).__name__}")
-    for key in ("id", "label", "rationale"):
-        if key not in rec:
-            raise bad(f"field {key!r}: missing")
-    for key in ("rationale", "words"):
-        items = rec.get(key)
-        if key == "words" and items is None:
-            continue
-        if not isinstance(items, list):
-            raise bad(f"field {key!r}: expected a list, got {type(items).__name__}")
-        for w in items:
-            if not isinstance(w, dict) or not isinstance(w.get("text"), str):
-                raise bad(f"field {key!r}: each entry needs a 'text'")
-            if key == "words" and not isinstance(w.get("score"), int | float):
-                raise bad(f"field {key!r}: each entry needs a numeric 'score'")
-    faith = rec.get("faithfulness")
-    if faith is not None and not isinstance(faith, dict):
-        raise bad("field 'faithfulness': expected an object")
-    return rec
+    """Kept for old imports: :func:`distill.rationales.check_record` with a required label."""
+    return check_record(rec, fname, n, require_label=True)
 
 
 def load_rationales(path: str | Path) -> list[dict]:
-    """Records of ``<dir>/rationales.jsonl`` (or the file itself); bad lines raise DataError."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "rationales.jsonl"
-    if not path.is_file():
-        raise DataError(f"rationale file not found: {path}")
-    return [_check_record(rec, path.name, n) for n, rec in _read_jsonl(path)]
+    """Records of ``<dir>/rationales.jsonl`` (or the file itself); bad lines raise DataError.
+
+    The one reader is :func:`distill.rationales.read_records`; the analysis needs labels.
+    """
+    return read_records(path, require_label=True)
 
 
 # ---------------------------------------------------------------------------------------------

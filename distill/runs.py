@@ -139,6 +139,22 @@ def _normalise(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
 
 
+def _writer_gone(status: dict) -> bool:
+    """True when the status was written on this machine by a process that no longer runs."""
+    pid = status.get("pid")
+    if not isinstance(pid, int) or status.get("host") != platform.node():
+        return False  # another machine (shared disk) or an old status: cannot tell
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # exists, owned by another user
+        return False
+    return False
+
+
 # ---------------------------------------------------------------------------------------------
 # A run folder
 
@@ -195,10 +211,13 @@ class RunDir:
         return read_json(self.summary_path)
 
     def status(self) -> dict:
-        """``{"status": ...}``: finished, failed, stopped, running, or unfinished (killed)."""
+        """``{"status": ...}``: finished, failed, stopped, running, interrupted (the process that
+        wrote "running" on this machine is gone: killed; resumable), or unfinished."""
         if self.is_finished:
             return {"status": "finished", **(self.summary() or {})}
         st = read_json(self.status_path, {}) or {}
+        if st.get("status") in ("running", "stopping") and _writer_gone(st):
+            return dict(st, status="interrupted")
         return st if st.get("status") else {"status": "unfinished"}
 
     def metrics(self) -> list[dict]:
@@ -246,9 +265,16 @@ class RunDir:
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def set_status(self, status: str, **extra: Any) -> None:
+        # pid and host let a reader tell a live run from a killed one (status "interrupted").
         atomic_write_json(
             self.status_path,
-            {"status": status, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra},
+            {
+                "status": status,
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "pid": os.getpid(),
+                "host": platform.node(),
+                **extra,
+            },
         )
 
     def finish(self, summary: dict) -> None:
@@ -300,6 +326,20 @@ class RunDir:
 # Listing
 
 
+def _run_folders(root: Path) -> list[Path]:
+    """Run folders directly under ``root``, and those inside experiment folders (a folder with
+    ``plan.json``, see :mod:`distill.pipeline`), listed as ``<experiment>/<stage>``."""
+    out = []
+    for p in root.iterdir():
+        if not p.is_dir():
+            continue
+        if RunDir(p).exists:
+            out.append(p)
+        elif (p / "plan.json").is_file():
+            out += [q for q in p.iterdir() if q.is_dir() and RunDir(q).exists]
+    return out
+
+
 RUN_COLUMNS = ["name", "kind", "mode", "student", "task", "steps", "accuracy", "status", "path"]
 
 
@@ -310,24 +350,22 @@ def list_runs(root: str | Path | None = None):
     root = Path(root) if root is not None else runs_root()
     rows = []
     if root.is_dir():
-        for p in root.iterdir():
+        for p in _run_folders(root):
             run = RunDir(p)
-            if not p.is_dir() or not run.exists:
-                continue
             cfg, st = run.config(), run.status()
             # Training configs nest their settings; extraction configs keep them flat.
             settings = cfg.get("settings") or cfg
             summary = run.summary() or {}
             status = st.get("status")
-            if status not in ("finished", "failed", "stopped"):
-                status = "unfinished"  # killed, or running now
+            if status not in ("finished", "failed", "stopped", "interrupted", "running"):
+                status = "unfinished"
             steps = summary.get("steps", st.get("step"))
             if steps is None:
                 done = [r.get("step") for r in run.metrics() if "step" in r]
                 steps = max(done) if done else 0
             rows.append(
                 {
-                    "name": p.name,
+                    "name": p.relative_to(root).as_posix(),
                     "kind": cfg.get("kind"),
                     "mode": settings.get("mode"),
                     "student": settings.get("student") or (cfg.get("models") or {}).get("student"),

@@ -30,7 +30,7 @@ def test_extract_then_overlap(model_dir, datasets_dir, tmp_path, capsys):
             "3",
             "--max-new-tokens",
             "3",
-            "--out",
+            "--out-dir",
             out,
         ]
     )
@@ -76,7 +76,7 @@ def test_extract_split_is_disjoint(model_dir, datasets_dir, tmp_path, capsys):
                 "--no-faithfulness",
                 "--max-new-tokens",
                 "2",
-                "--out",
+                "--out-dir",
                 str(tmp_path / part),
             ]
         )
@@ -94,6 +94,8 @@ def test_extract_split_is_disjoint(model_dir, datasets_dir, tmp_path, capsys):
         (["overlap", "--rationales", "/no/such/file.jsonl"], "error: "),
         (["extract", "--task", "cqa", "--data", "/no/such.json", "--out", "x"], "error: "),
         (["extract", "--task", "cqa", "--data", "README.md", "--out", "../escape"], "error: "),
+        (["extract", "--task", "cqa", "--data", "README.md", "--out", "/abs/x"], "error: --out "),
+        (["train", "--task", "cqa", "--data", "README.md", "--out", "a/../../x"], "error: --out "),
     ],
 )
 def test_bad_input_one_line(argv, msg, capsys):
@@ -135,7 +137,7 @@ def test_extract_sharded_over_two_processes(model_dir, datasets_dir, tmp_path):
             "distill",
             "extract",
             *args,
-            "--out",
+            "--out-dir",
             str(tmp_path / "sharded"),
         ],
         cwd=root,
@@ -146,7 +148,7 @@ def test_extract_sharded_over_two_processes(model_dir, datasets_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     parts = sorted(p.name for p in (tmp_path / "sharded" / "parts").iterdir())
     assert parts == ["rank0-of2.jsonl", "rank1-of2.jsonl"]
-    assert main(["extract", *args, "--out", str(tmp_path / "single")]) == 0
+    assert main(["extract", *args, "--out-dir", str(tmp_path / "single")]) == 0
     sharded = [
         json.loads(x) for x in (tmp_path / "sharded/rationales.jsonl").read_text().split("\n") if x
     ]
@@ -220,3 +222,54 @@ def test_train_eval_compare(model_dir, datasets_dir, tmp_path, capsys, monkeypat
         ]
     )
     assert rc == 2 and "never overwritten" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, msg",
+    [
+        (["--limit", "0"], "--limit must be at least 1"),
+        (["--limit", "-1"], "--limit must be at least 1"),
+        (["--batch-size", "-2"], "batch size"),
+        (["--batch-size", "0"], "batch size"),
+        (["--top-k", "0"], "top-k"),
+        (["--method", "magic"], "unknown method"),
+        (["--max-new-tokens", "0"], "max new tokens"),
+        (["--split", "dev", "--dev-size", "0"], "no examples in the dev split"),
+    ],
+)
+def test_extract_bad_settings_leave_no_run(datasets_dir, tmp_path, capsys, extra, msg):
+    """Issue 9: these wrote a finished n=0 run (or failed after loading the teacher and
+    creating the folder); now: exit 2, one line, before any model load, no folder."""
+    data = str(datasets_dir / "cqa/cqa_train.json")
+    out = tmp_path / "run"
+    argv = ["extract", "--teacher", "/no/such/teacher", "--task", "cqa", "--data", data]
+    rc = main(argv + ["--limit", "5", *extra, "--out-dir", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and msg in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_experiment_command(model_dir, datasets_dir, tmp_path, capsys):
+    argv = ["experiment", "--task", "cqa", "--data", str(datasets_dir / "cqa/cqa_train.json")]
+    argv += ["--teacher", model_dir, "--student", model_dir, "--modes", "standard", "saliency"]
+    argv += ["--train-size", "4", "--dev-size", "2", "--steps", "1", "--batch-size", "2"]
+    argv += ["--top-k", "2", "--max-new-tokens", "2", "--out", str(tmp_path / "exp")]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "| saliency | generated |" in captured.out
+    assert "train saliency" in captured.err  # the one progress display names the stage
+    assert (tmp_path / "exp/results.json").is_file()
+    assert main(argv) == 0  # a rerun reuses every finished stage
+    assert json.loads((tmp_path / "exp/results.json").read_text())["models"][1]["cached"]
+    capsys.readouterr()
+    assert main(argv[:-1] + [str(tmp_path / "exp2"), "--batch-size", "0"]) == 2
+    assert "batch size must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "exp2").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "nan"), ("--lr", "inf"), ("--epochs", "nan")])
+def test_train_refuses_non_finite_numbers(flag, value, tmp_path, capsys):
+    argv = ["train", "--task", "cqa", "--data", "x.json", flag, value, "--out-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "finite number" in capsys.readouterr().err

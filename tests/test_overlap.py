@@ -185,3 +185,63 @@ def test_load_rationales(tmp_path):
         load_rationales(bad)
     with pytest.raises(DataError, match="not found"):
         load_rationales(tmp_path / "nothing")
+
+
+# ---------------------------------------------------------------------------------------------
+# The one rationale reader (distill/rationales.py)
+
+
+def test_rationale_reader_one_definition(tmp_path):
+    from distill import rationales as R
+
+    f = tmp_path / "rationales.jsonl"
+    rec = {"id": "a", "rationale": [{"text": "plate", "score": 1}, {"text": " "}], "target": "gold"}
+    f.write_text(json.dumps(rec) + "\n" + json.dumps({"id": 7, "rationale": ["x"]}) + "\n"
+                 + '{"id": "torn", "ra')  # fmt: skip
+    assert R.rationale_map(tmp_path) == {"a": ["plate"], "7": ["x"]}  # torn last line skipped
+    assert [r["id"] for r in R.read_records(f)] == ["a", 7]
+    # A bad last line that ends with its newline was written whole: an error, with its line.
+    f.write_text(json.dumps(rec) + "\n{oops\n")
+    with pytest.raises(R.RationaleError, match="rationales.jsonl line 2: malformed JSON"):
+        R.rationale_map(f)
+    f.write_text(json.dumps({"id": "a", "rationale": "plate"}) + "\n")
+    with pytest.raises(R.RationaleError, match="line 1: field 'rationale': expected a list"):
+        R.read_records(f)
+    f.write_text(json.dumps({"id": ["a"], "rationale": []}) + "\n")
+    with pytest.raises(R.RationaleError, match="line 1: field 'id'"):
+        R.read_records(f)
+    f.write_text(json.dumps(rec) + "\n" + json.dumps(dict(rec, rationale=["sink"])) + "\n")
+    with pytest.raises(R.RationaleError, match="id 'a' appears twice"):
+        R.rationale_map(f)
+    f.write_bytes(b"\xef\xbb\xbf" + json.dumps(rec).encode() + b"\n")  # a UTF-8 BOM is fine
+    assert R.rationale_map(f) == {"a": ["plate"]}
+    f.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(R.RationaleError, match="not UTF-8"):
+        R.read_records(f)
+    with pytest.raises(R.RationaleError, match="no rationales at"):
+        R.rationale_map(tmp_path / "missing")
+    assert issubclass(R.RationaleError, DataError)  # callers catching DataError still work
+
+
+def test_rationale_meta_and_hint_source(tmp_path):
+    from distill import rationales as R
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "rationales.jsonl").write_text(json.dumps({"id": "a", "rationale": ["x"]}) + "\n")
+    (run / "config.json").write_text(json.dumps({"target": "gold", "teacher": "t", "top_k": 3}))
+    meta = R.read_meta(run)
+    assert (meta.target, meta.teacher, meta.top_k) == ("gold", "t", 3)
+    with pytest.raises(R.RationaleError, match="gold label as target.*--target generated"):
+        R.check_hint_source(run)
+    assert R.check_hint_source(run, allow_gold=True).target == "gold"  # analysis only
+    (run / "config.json").write_text(json.dumps({"target": "generated"}))
+    assert R.check_hint_source(run).target == "generated"
+    # A bare file without a config: the records' own target, "given" counting as gold.
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text(json.dumps({"id": "a", "rationale": ["x"], "target": "given"}) + "\n")
+    assert R.read_meta(bare).target == "gold"
+    bare.write_text(json.dumps({"id": "a", "rationale": ["x"]}) + "\n")
+    with pytest.raises(R.RationaleError, match="unknown target"):
+        R.check_hint_source(bare)
+    assert R.target_label("gold") == "gold (analysis only)"

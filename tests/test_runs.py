@@ -149,3 +149,36 @@ def test_list_runs_reads_flat_extraction_configs(tmp_path):
         0.25,
         "finished",
     )
+
+
+def test_killed_run_shows_interrupted(tmp_path):
+    """Issue 9: status.json stayed "running" after a kill; a run whose writer process is gone
+    now reads as interrupted (resumable), a live one as running."""
+    import subprocess
+    import sys
+
+    run = RunDir(tmp_path / "r")
+    run.create({"kind": "extract"})
+    run.set_status("running", stage="extract")
+    assert run.status()["status"] == "running"  # this process wrote it and is alive
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    st = json.loads(run.status_path.read_text())
+    st["pid"] = int(child.stdout)  # a process that has exited: a killed job
+    run.status_path.write_text(json.dumps(st))
+    assert run.status()["status"] == "interrupted"
+    assert runs.list_runs(tmp_path).iloc[0]["status"] == "interrupted"
+    st["host"] = "another-machine"  # cannot tell for another host: left as written
+    run.status_path.write_text(json.dumps(st))
+    assert run.status()["status"] == "running"
+
+
+def test_list_runs_includes_experiment_stages(tmp_path):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "plan.json").write_text("{}")
+    RunDir(exp / "extract").create({"kind": "extract", "task": "cqa"})
+    RunDir(tmp_path / "solo").create({"kind": "train", "settings": {"mode": "standard"}})
+    names = set(runs.list_runs(tmp_path)["name"])
+    assert names == {"exp/extract", "solo"}

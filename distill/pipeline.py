@@ -1,0 +1,412 @@
+"""The experiment: extract -> train each mode -> evaluate -> results table, in one place.
+
+Used by ``python -m distill experiment``, by ``bench/distill_cqa.py`` and by the app's Distill
+tab, so the three run the same sequence. A :class:`~distill.plan.Plan` (settings, presets and
+validation live in :mod:`distill.plan`, re-exported here) fixes every setting up front;
+:func:`run_plan` runs it in ``plan.out``::
+
+    out/plan.json                      the plan (a rerun with another plan is refused)
+    out/extract/                       teacher rationales (only when a mode needs them)
+    out/extract-eval/                  the teacher's own-answer rationales of the evaluation
+                                       examples (only for ``hint`` with a test file)
+    out/train-<mode>-s<seed>/          one training run per mode and seed
+    out/eval-<name>.json               test-file results of each model (with --test-data)
+    out/results.md, out/results.json   the table
+
+Resumable at every stage: each stage is a run folder; a finished one with the same settings is
+reused, an unfinished one resumes, one with other settings is refused. Kill the job (or set
+``stop``) and run the same plan again: it continues where it stopped.
+
+Rationale target: experiments use the teacher's own answer (``generated``, the paper's method).
+``gold`` stays available for analysis only and every table labels it "gold (analysis only)".
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from explain.models import LoadedModel, load_model
+
+from .data import Example, data_hash, load_task, split
+from .plan import (
+    NEEDS_RATIONALES,
+    PRESETS,
+    Plan,
+    PlanError,
+    default_data,
+    default_modes,
+    make_plan,
+    validate,
+)
+from .rationales import target_label
+from .runs import RunDir, RunError, atomic_write_json, atomic_write_text, read_json
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class ModelResult:
+    """One evaluated model: a trained mode at one seed, or the zero-shot student."""
+
+    name: str
+    mode: str
+    seed: int | None
+    accuracy: float | None
+    ci_low: float | None
+    ci_high: float | None
+    choice_accuracy: float | None
+    n: int | None
+    eval_set: str
+    run_dir: str | None = None
+    predictions: str | None = None
+    cached: bool = False
+    hint_coverage: float | None = None  # hint mode: share of evaluated examples with a hint
+
+
+@dataclass
+class PlanResult:
+    status: str  # finished | stopped
+    stage: str | None = None
+    models: list[ModelResult] = field(default_factory=list)
+    extraction: dict | None = None
+    table_md: str | None = None
+    table_json: str | None = None
+    out: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _mean(values: list) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def results_markdown(plan: Plan, models: list[ModelResult], eval_note: str) -> str:
+    """The paper-style table: one row per model, mean accuracy over seeds, per-seed figures."""
+    target = target_label(plan.target if plan.needs_rationales else None)
+    lines = [
+        f"# {plan.task}: student {plan.student}, teacher {plan.teacher}",
+        "",
+        f"- evaluation: {eval_note}",
+        f"- rationale target: {target}" + ("" if plan.needs_rationales else " (no mode used one)"),
+        f"- rationales: {plan.method}, top-{plan.top_k}; seeds {plan.seeds}",
+        "",
+        "| model | target | accuracy (mean over seeds) | per seed [95% CI] | choice accuracy | n |",
+        "|---|---|---|---|---|---|",
+    ]
+    order: list[str] = []
+    for r in models:
+        if r.mode not in order:
+            order.append(r.mode)
+    for mode in order:
+        rows = [r for r in models if r.mode == mode]
+        per_seed = "; ".join(
+            f"s{r.seed}: {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+            if r.accuracy is not None and r.ci_low is not None
+            else f"s{r.seed}: —"
+            for r in rows
+        )
+        acc, choice = _mean([r.accuracy for r in rows]), _mean([r.choice_accuracy for r in rows])
+        row_target = target if mode in NEEDS_RATIONALES else "—"
+        lines.append(
+            f"| {rows[0].name.rsplit('-s', 1)[0]} | {row_target} | "
+            f"{'—' if acc is None else f'{acc:.3f}'} | {per_seed} | "
+            f"{'—' if choice is None else f'{choice:.3f}'} | {rows[0].n} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+Progress = Callable[[dict], None]
+
+
+def _stage(progress: Progress, label: str) -> Progress:
+    """Normalise a stage's progress records: ``stage``, ``done`` and ``total`` always set."""
+
+    def emit(record: dict) -> None:
+        rec = dict(record)
+        rec.setdefault("message", "")
+        if rec.get("done") is None and rec.get("step") is not None:
+            rec["done"] = rec["step"]
+        inner = rec.get("stage")
+        rec["stage"] = f"{label}: {inner}" if inner and inner not in label else label
+        progress(rec)
+
+    return emit
+
+
+def _load_splits(plan: Plan) -> dict[int, tuple[list[Example], list[Example]]]:
+    """(train, dev) per seed: training splits its data with its own seed (TrainConfig.seed)."""
+    examples = load_task(plan.task, plan.data, limit=plan.limit)
+    return {s: split(examples, plan.dev_size, s) for s in plan.seeds}
+
+
+def _check_plan_file(plan: Plan) -> None:
+    old = read_json(Path(plan.out) / "plan.json")
+    if old is None:
+        return
+    new = json.loads(json.dumps(plan.to_dict()))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        raise RunError(
+            f"experiment folder {plan.out} holds another plan ({', '.join(diff)}); "
+            "rerun with the same settings to resume, or choose another folder"
+        )
+
+
+def _extract_stage(plan, name, examples, target, teacher, progress, stop) -> dict:
+    from .extract import extract
+
+    return extract(
+        teacher,
+        examples,
+        plan.run_dir(name),
+        task=plan.task,
+        method=plan.method,
+        top_k=plan.top_k,
+        target=target,
+        batch_size=plan.extract_batch,
+        max_new_tokens=plan.max_new_tokens,
+        with_faithfulness=bool(plan.faithfulness_limit),
+        faithfulness_limit=plan.faithfulness_limit or None,
+        seed=plan.seeds[0],
+        explain_settings=plan.explain_settings or None,
+        config={"data": plan.data, "data_hash": data_hash(plan.data)},
+        progress=progress,
+        stop=stop,
+    )
+
+
+def train_config(plan: Plan, mode: str, seed: int):
+    """The TrainConfig of one mode and seed."""
+    from .train import TrainConfig
+
+    return TrainConfig(
+        student=plan.student,
+        task=plan.task,
+        data=plan.data,
+        mode=mode,
+        rationales=str(plan.run_dir("extract")) if mode in NEEDS_RATIONALES else None,
+        steps=plan.steps,
+        epochs=None if plan.steps else plan.epochs,
+        batch_size=plan.batch_size,
+        lr=plan.lr,
+        seed=seed,
+        dev_size=plan.dev_size,
+        dev_limit=plan.dev_limit,
+        limit=plan.limit,
+        eval_every=0,
+        save_every=25,
+        max_new_tokens=plan.max_new_tokens,
+        out=str(plan.run_dir(f"train-{mode}-s{seed}")),
+        **plan.train_settings,
+    )
+
+
+def _train_stage(plan, mode, seed, progress, stop, model_loader) -> dict:
+    """Train one mode at one seed; a finished run with the same settings is reused."""
+    from .train import train
+
+    cfg = train_config(plan, mode, seed)
+    run = RunDir(cfg.out)
+    if run.is_finished:
+        same = (run.config().get("settings") or {}) == json.loads(json.dumps(asdict(cfg)))
+        if not same:
+            raise RunError(f"run {run.path} is finished with other settings; use another --out")
+        return dict(run.summary() or {}, status="finished", cached=True)
+    return train(cfg, progress=progress, stop=stop, model_loader=model_loader)
+
+
+def _evaluate_stage(plan, name, model, mode, examples, rationales, eval_note, model_loader,
+                    progress=None):  # fmt: skip
+    """Accuracy of ``model`` on ``examples``, saved as ``eval-<name>.json`` (reused if there)."""
+    from .evaluate import evaluate
+
+    path = Path(plan.out) / f"eval-{name}.json"
+    key = {"model": str(model), "mode": mode, "eval": eval_note, "n": len(examples)}
+    cached = read_json(path)
+    if cached and cached.get("key") == key:
+        return cached["result"], True
+    if not RunDir(model).is_finished:
+        # A model spec or plain folder: load it here (a model folder's own config.json would
+        # pass for a run folder's in resolve_model).
+        model = model_loader(str(model))
+    res = evaluate(
+        model,
+        plan.task,
+        examples,
+        mode=mode,
+        rationales=rationales,
+        batch_size=plan.batch_size,
+        max_new_tokens=plan.max_new_tokens,
+        model_loader=model_loader,
+        progress=progress,
+    )
+    preds = Path(plan.out) / f"predictions-{name}.jsonl"
+    atomic_write_text(preds, "".join(json.dumps(p) + "\n" for p in res.predictions))
+    result = {k: v for k, v in res.to_dict().items() if k != "predictions"}
+    result["predictions"] = str(preds)
+    if rationales is not None:
+        covered = sum(bool(rationales.get(ex.id)) for ex in examples)
+        result["hint_coverage"] = covered / len(examples) if examples else None
+    atomic_write_json(path, {"key": key, "result": result})
+    return result, False
+
+
+def run_plan(
+    plan: Plan,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+    teacher_loader: Callable[[str], LoadedModel] | None = None,
+    model_loader: Callable[..., LoadedModel] = load_model,
+) -> PlanResult:
+    """Run (or resume) the experiment ``plan``; returns what finished.
+
+    ``teacher_loader(spec)`` gives the teacher (loaded only when an extraction must run);
+    ``model_loader`` loads students (a fresh model per call: training changes it in place).
+    ``stop`` set: the current stage checkpoints and the result says ``stopped``.
+    """
+    validate(plan)
+    emit = progress or (lambda record: None)
+    stop = stop or threading.Event()
+    splits = _load_splits(plan)  # data errors before any folder exists
+    test = None
+    if plan.test_data:
+        test = load_task(plan.task, plan.test_data, limit=plan.test_limit)
+        eval_note = f"test file {plan.test_data} (sha256 {data_hash(plan.test_data)[:12]}…)"
+    else:
+        eval_note = "dev split of the data file (no --test-data given)"
+    _check_plan_file(plan)
+    Path(plan.out).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(plan.out) / "plan.json", plan.to_dict())
+    result = PlanResult(status="running", out=str(plan.out))
+
+    modes = plan.modes
+    n_stages = len(modes) * len(plan.seeds) + int(plan.needs_rationales)
+    n_stages += int(plan.zero_shot) + (len(modes) * len(plan.seeds) if test else 0)
+    n_stages += int(bool(test) and "hint" in modes)
+    counter = iter(range(1, n_stages + 1))
+
+    def label(text: str) -> str:
+        return f"[{next(counter)}/{n_stages}] {text}"
+
+    if plan.needs_rationales:
+        # Rationales for every training example of every seed; with hint, the dev examples
+        # too (their hints at evaluation come from the teacher's own answer: target generated).
+        want = {e.id for tr, _ in splits.values() for e in tr}
+        if "hint" in modes:
+            want |= {e.id for _, dev in splits.values() for e in dev}
+        order = [e for e in load_task(plan.task, plan.data, limit=plan.limit) if e.id in want]
+        teacher = (teacher_loader or load_model)(plan.teacher)
+        st = label("extract rationales")
+        emit({"stage": st, "done": 0, "total": len(order), "message": f"teacher {plan.teacher}"})
+        summary = _extract_stage(plan, "extract", order, plan.target, teacher, _stage(emit, st),
+                                 stop)  # fmt: skip
+        result.extraction = summary
+        if test and "hint" in modes and summary.get("status") != "stopped":
+            st = label("extract test hints")
+            _extract_stage(plan, "extract-eval", test, "generated", teacher, _stage(emit, st),
+                           stop)  # fmt: skip
+        del teacher
+        if stop.is_set() or summary.get("status") == "stopped":
+            return PlanResult(status="stopped", stage="extract", out=str(plan.out))
+
+    if plan.zero_shot:
+        st = label(f"zero-shot {plan.student}")
+        for seed in plan.seeds[:1] if test else plan.seeds:
+            dev = test if test else splits[seed][1][: plan.dev_limit]
+            emit({"stage": st, "done": 0, "total": len(dev)})
+            res, cached = _evaluate_stage(plan, f"zero-shot-s{seed}", plan.student, "standard",
+                                          dev, None, eval_note, model_loader,
+                                          _stage(emit, st))  # fmt: skip
+            result.models.append(_model_result("zero-shot", "zero-shot", seed, res, eval_note,
+                                               None, cached))  # fmt: skip
+
+    test_hints = None
+    if test and "hint" in modes:
+        from .rationales import check_hint_source, rationale_map
+
+        check_hint_source(plan.run_dir("extract-eval"))
+        test_hints = rationale_map(plan.run_dir("extract-eval"))
+
+    for mode in modes:
+        for seed in plan.seeds:
+            st = label(f"train {mode} (seed {seed})")
+            summary = _train_stage(plan, mode, seed, _stage(emit, st), stop, model_loader)
+            if summary.get("status") == "stopped" or stop.is_set():
+                return PlanResult(status="stopped", stage=f"train-{mode}-s{seed}",
+                                  models=result.models, out=str(plan.out))  # fmt: skip
+            run_dir = str(plan.run_dir(f"train-{mode}-s{seed}"))
+            if test:
+                st = label(f"evaluate {mode} (seed {seed})")
+                emit({"stage": st, "done": 0, "total": len(test)})
+                hints = test_hints if mode == "hint" else None
+                res, cached = _evaluate_stage(plan, f"{mode}-s{seed}", run_dir, mode, test, hints,
+                                              eval_note, model_loader,
+                                              _stage(emit, st))  # fmt: skip
+            else:
+                res, cached = summary, bool(summary.get("cached"))
+                res = dict(res, predictions=str(Path(run_dir) / "dev_predictions.jsonl"))
+            result.models.append(_model_result(mode, mode, seed, res, eval_note, run_dir, cached))
+
+    md = results_markdown(plan, result.models, eval_note)
+    md_path, json_path = Path(plan.out) / "results.md", Path(plan.out) / "results.json"
+    atomic_write_text(md_path, md)
+    payload = {
+        "plan": plan.to_dict(),
+        "evaluation": eval_note,
+        "test_sha256": data_hash(plan.test_data) if plan.test_data else None,
+        "rationale_target": target_label(plan.target) if plan.needs_rationales else None,
+        "extraction": result.extraction,
+        "models": [asdict(m) for m in result.models],
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write_json(json_path, payload)
+    result.status, result.table_md, result.table_json = "finished", str(md_path), str(json_path)
+    emit({"stage": "done", "message": f"results in {md_path}"})
+    return result
+
+
+def _model_result(name, mode, seed, res, eval_note, run_dir, cached) -> ModelResult:
+    return ModelResult(
+        name=f"{name}-s{seed}",
+        mode=mode,
+        seed=seed,
+        accuracy=res.get("accuracy"),
+        ci_low=res.get("ci_low"),
+        ci_high=res.get("ci_high"),
+        choice_accuracy=res.get("choice_accuracy"),
+        n=res.get("n"),
+        eval_set=eval_note,
+        run_dir=run_dir,
+        predictions=res.get("predictions"),
+        cached=cached,
+        hint_coverage=res.get("hint_coverage"),
+    )
+
+
+__all__ = [
+    "NEEDS_RATIONALES",
+    "PRESETS",
+    "ModelResult",
+    "Plan",
+    "PlanError",
+    "PlanResult",
+    "default_data",
+    "default_modes",
+    "make_plan",
+    "results_markdown",
+    "run_plan",
+    "train_config",
+    "validate",
+]

@@ -1,0 +1,144 @@
+"""The experiment pipeline end to end on a tiny local model: extract -> train -> evaluate ->
+table, kill-and-rerun resumption, validation before any folder, and the gold-target label."""
+
+import json
+import threading
+
+import pytest
+
+from distill.pipeline import Plan, PlanError, make_plan, run_plan, validate
+from distill.runs import RunDir
+
+
+def _plan(model_dir, datasets_dir, out, **kw) -> Plan:
+    base = dict(
+        data=str(datasets_dir / "cqa/cqa_train.json"),
+        teacher=model_dir,
+        student=model_dir,
+        modes=["standard", "saliency"],
+        train_size=6,
+        dev_size=3,
+        steps=2,
+        epochs=None,
+        batch_size=2,
+        top_k=2,
+        max_new_tokens=2,
+        dev_limit=3,
+    )
+    return Plan(task="cqa", out=str(out), **(base | kw))
+
+
+def test_run_plan_end_to_end_and_resume(tiny_model_dir, datasets_dir, tmp_path, one_thread):
+    plan = _plan(tiny_model_dir, datasets_dir, tmp_path / "exp")
+    stop = threading.Event()
+    stages = []
+
+    def progress(p):  # "kill" the job as soon as the saliency student starts training
+        stages.append(p["stage"])
+        if "train saliency" in p["stage"] and p.get("loss") is not None:
+            stop.set()
+
+    first = run_plan(plan, progress=progress, stop=stop)
+    assert first.status == "stopped" and first.stage == "train-saliency-s0"
+    assert RunDir(tmp_path / "exp/extract").is_finished
+    assert RunDir(tmp_path / "exp/train-standard-s0").is_finished
+    assert not RunDir(tmp_path / "exp/train-saliency-s0").is_finished
+    assert not (tmp_path / "exp/results.md").exists()
+    assert any("extract rationales" in s for s in stages)
+
+    # The same plan again continues: extraction and standard reused, saliency resumed.
+    seen = []
+    second = run_plan(plan, progress=lambda p: seen.append(p["stage"]))
+    assert second.status == "finished"
+    assert second.extraction["cached"] is True
+    by_name = {m.name: m for m in second.models}
+    assert set(by_name) == {"zero-shot-s0", "standard-s0", "saliency-s0"}
+    assert by_name["standard-s0"].cached and not by_name["saliency-s0"].cached
+    assert all(m.n == 3 and 0.0 <= m.accuracy <= 1.0 for m in second.models)
+    md = (tmp_path / "exp/results.md").read_text()
+    assert "rationale target: generated" in md and "| saliency | generated |" in md
+    payload = json.loads((tmp_path / "exp/results.json").read_text())
+    assert payload["rationale_target"] == "generated" and payload["test_sha256"] is None
+    assert "dev split" in payload["evaluation"]
+    # Extraction covered exactly the training split of seed 0 (no dev example).
+    rec_ids = {json.loads(x)["id"] for x in (tmp_path / "exp/extract/rationales.jsonl").open()}
+    train_ids = {json.loads(x)["id"] for x in open(datasets_dir / "cqa/cqa_train.json")}
+    assert len(rec_ids) == 6 and rec_ids <= train_ids
+    dev = {json.loads(x)["id"] for x in (tmp_path / "exp/predictions-zero-shot-s0.jsonl").open()}
+    assert not rec_ids & dev
+
+    # Another plan in the same folder is refused, naming what differs.
+    from distill.runs import RunError
+
+    with pytest.raises(RunError, match="top_k"):
+        run_plan(_plan(tiny_model_dir, datasets_dir, tmp_path / "exp", top_k=3))
+
+
+def test_test_file_and_gold_label(tiny_model_dir, datasets_dir, tmp_path, one_thread):
+    test = tmp_path / "test.jsonl"
+    lines = open(datasets_dir / "cqa/cqa_train.json").read().splitlines()[-4:]
+    test.write_text("\n".join(lines) + "\n")
+    plan = _plan(tiny_model_dir, datasets_dir, tmp_path / "exp", modes=["saliency"],
+                 target="gold", test_data=str(test), zero_shot=False)  # fmt: skip
+    res = run_plan(plan)
+    assert res.status == "finished" and [m.n for m in res.models] == [4]
+    md = (tmp_path / "exp/results.md").read_text()
+    assert "rationale target: gold (analysis only)" in md
+    assert "| saliency | gold (analysis only) |" in md
+    payload = json.loads((tmp_path / "exp/results.json").read_text())
+    assert len(payload["test_sha256"]) == 64 and "test file" in payload["evaluation"]
+    assert (tmp_path / "exp/predictions-saliency-s0.jsonl").read_text().count("\n") == 4
+
+
+@pytest.mark.parametrize(
+    "change, msg",
+    [
+        ({"modes": []}, "at least one mode"),
+        ({"modes": ["magic"]}, "unknown mode"),
+        ({"target": "label"}, "target"),
+        ({"modes": ["hint"], "target": "gold"}, "teacher's own answer"),
+        ({"top_k": 0}, "top k"),
+        ({"train_size": 0}, "train size"),
+        ({"batch_size": -2}, "batch size"),
+        ({"lr": float("inf")}, "learning rate"),
+        ({"seeds": []}, "seeds"),
+        ({"method": "magic"}, "attribution method"),
+    ],
+)
+def test_bad_plans_leave_nothing(tmp_path, datasets_dir, change, msg):
+    plan = _plan("unused", datasets_dir, tmp_path / "exp", **change)
+    with pytest.raises(PlanError, match=msg):
+        validate(plan)
+    with pytest.raises(PlanError, match=msg):
+        run_plan(plan)
+    assert not (tmp_path / "exp").exists()
+
+
+def test_presets(tmp_path):
+    plan = make_plan("esnli", str(tmp_path), preset="cpu", student="s")
+    assert plan.target == "generated" and plan.train_size and plan.epochs
+    assert plan.data.endswith("esnli/esnli_valid.json")
+    assert make_plan("cqa", str(tmp_path), preset="gpu").train_size is None
+    with pytest.raises(PlanError, match="preset"):
+        make_plan("cqa", str(tmp_path), preset="tpu")
+
+
+def test_hint_mode_uses_the_teachers_own_answer(tiny_model_dir, datasets_dir, tmp_path, one_thread):
+    """Defect 3: hints at evaluation come from a generated-target extraction of the evaluation
+    examples themselves, checked before use; the result states the hint coverage."""
+    from distill.rationales import read_meta, read_records
+
+    test = tmp_path / "test.jsonl"
+    lines = open(datasets_dir / "cqa/cqa_train.json").read().splitlines()[-3:]
+    test.write_text("\n".join(lines) + "\n")
+    plan = _plan(tiny_model_dir, datasets_dir, tmp_path / "exp", modes=["hint"],
+                 test_data=str(test), zero_shot=False)  # fmt: skip
+    res = run_plan(plan)
+    assert res.status == "finished"
+    (model,) = res.models
+    assert model.hint_coverage == 1.0 and model.n == 3
+    assert read_meta(tmp_path / "exp/extract-eval").target == "generated"
+    test_ids = {json.loads(x)["id"] for x in lines}
+    assert {r["id"] for r in read_records(tmp_path / "exp/extract-eval")} == test_ids
+    # The training extraction covered train and dev (dev hints for the dev evaluation).
+    assert len(read_records(tmp_path / "exp/extract")) == 9
