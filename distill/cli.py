@@ -13,6 +13,8 @@ from pathlib import Path
 from explain.errors import KDLensError, run_cli
 from explain.packs import DEFAULT_STUDENT, DEFAULT_TEACHER
 
+from .modes import mode_names
+
 
 def _examples(args: argparse.Namespace):
     from .data import load_task, split
@@ -242,10 +244,13 @@ def predictions_path(args: argparse.Namespace) -> Path:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
-    from .train import load_rationale_map
+    from .rationales import check_hint_source, rationale_map
 
     examples = _examples(args)
-    rationales = load_rationale_map(args.with_rationales) if args.with_rationales else None
+    rationales = None
+    if args.with_rationales:  # hints only from the teacher's own answers (never the gold)
+        check_hint_source(args.with_rationales)
+        rationales = rationale_map(args.with_rationales)
     mode = args.mode or ("hint" if rationales else None)
     result = evaluate(
         args.model,
@@ -382,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="fine-tune a student")
     data_args(t)
     t.add_argument("--student", default=DEFAULT_STUDENT)
-    t.add_argument("--mode", choices=["standard", "saliency", "dss", "hint"], default="standard")
+    t.add_argument("--mode", choices=mode_names(), default="standard")
     t.add_argument("--rationales", help="extraction run folder (saliency, hint)")
     t.add_argument("--alpha", type=_finite, default=0.5)
     t.add_argument("--steps", type=int)
@@ -400,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(v)
     v.add_argument("--model", required=True, help="spec or run folder")
     v.add_argument("--split", choices=["all", "train", "dev"], default="all")
-    v.add_argument("--mode", choices=["standard", "saliency", "dss", "hint"])
+    v.add_argument("--mode", choices=mode_names())
     v.add_argument("--with-rationales", help="extraction run: evaluate a hint student with them")
     v.add_argument("--batch-size", type=int, default=8)
     v.add_argument(

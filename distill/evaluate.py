@@ -18,15 +18,14 @@ from pathlib import Path
 import torch
 
 from explain.attr.scoring import Scorer, collate
+from explain.formatting import encode_target
 from explain.models import LoadedModel, load_model
 from explain.pipeline import generate
 from explain.templates import get_template
 
-from .runs import RunDir, atomic_write_text
-from explain.formatting import encode_target
-
 from .features import example_source
 from .modes import MODES, get_mode
+from .runs import RunDir, atomic_write_text
 from .train import TrainError
 
 

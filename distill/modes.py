@@ -45,6 +45,8 @@ class TrainingMode:
     needs: ClassVar[str | None] = None
     multitask: ClassVar[bool] = False  # predict:/explain: prefixes, alpha-weighted losses
     uses_hints: ClassVar[bool] = False  # rationale words in the input, at training and inference
+    # Reads teacher rationales when an experiment has them, only to match their lengths.
+    matches_rationale_length: ClassVar[bool] = False
 
     def explain_target(self, example, words: list[str] | None, seed: int) -> str | None:
         """The explain task's target for ``example``, or None when it has none."""
@@ -90,6 +92,12 @@ def get_mode(name: str) -> TrainingMode:
 
 def mode_names() -> list[str]:
     return list(MODES)
+
+
+def reads_rationales(name: str, available: bool = True) -> bool:
+    """Whether mode ``name`` is given the teacher's rationales (when ``available``)."""
+    mode = get_mode(name)
+    return mode.needs == "teacher" or (available and mode.matches_rationale_length)
 
 
 @register
@@ -144,6 +152,7 @@ class RandomWords(TrainingMode):
     name = "random"
     description = "control: multi-task, label + k random task-input words"
     multitask = True
+    matches_rationale_length = True
     default_k = 5
 
     def explain_target(self, example, words, seed):
@@ -171,5 +180,6 @@ __all__ = [
     "get_mode",
     "input_words",
     "mode_names",
+    "reads_rationales",
     "register",
 ]

@@ -33,6 +33,7 @@ from pathlib import Path
 from explain.models import LoadedModel, load_model
 
 from .data import Example, data_hash, load_task, split
+from .modes import reads_rationales
 from .plan import (
     NEEDS_RATIONALES,
     PRESETS,
@@ -196,7 +197,9 @@ def train_config(plan: Plan, mode: str, seed: int):
         task=plan.task,
         data=plan.data,
         mode=mode,
-        rationales=str(plan.run_dir("extract")) if mode in NEEDS_RATIONALES else None,
+        rationales=str(plan.run_dir("extract"))
+        if reads_rationales(mode, plan.needs_rationales)
+        else None,
         steps=plan.steps,
         epochs=None if plan.steps else plan.epochs,
         batch_size=plan.batch_size,

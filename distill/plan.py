@@ -14,11 +14,11 @@ from explain.errors import KDLensError
 from explain.packs import DEFAULT_STUDENT, DEFAULT_TEACHER
 
 from .data import default_path, get_task
+from .modes import MODES
 from .rationales import TARGETS
 
-# Modes whose training reads teacher rationales. The lead's mode registry (distill/modes.py)
-# will declare this per mode; until then this tuple is the one place that says it.
-NEEDS_RATIONALES = ("saliency", "hint")
+# Modes whose training needs teacher rationales, as the mode registry declares them.
+NEEDS_RATIONALES = tuple(name for name, mode in MODES.items() if mode.needs == "teacher")
 
 # Where the bundled datasets live: <repo>/../shared/datasets, or $KDLENS_DATASETS.
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -61,8 +61,6 @@ PRESETS: dict[str, dict] = {
 def default_modes() -> list[str]:
     """The comparison's modes: standard, saliency, dss and the random-words control once the
     training-mode registry has it (``hint`` only when asked)."""
-    from .train import MODES
-
     return [m for m in ("standard", "saliency", "dss", "random") if m in MODES]
 
 
@@ -142,8 +140,6 @@ def _positive(name: str, value, allow_none: bool = False) -> None:
 def validate(plan: Plan) -> None:
     """Refuse a plan that cannot run, before any model load or folder creation."""
     from explain.attr import METHODS
-
-    from .train import MODES
 
     get_task(plan.task)
     if not plan.modes:

@@ -37,7 +37,8 @@ from explain.models import LoadedModel, load_model
 from .checkpoints import load_checkpoint, save_checkpoint
 from .features import Features, collate_features, example_features, token_nll
 from .modes import MODES, ModeError, get_mode
-from .runs import RunDir, read_json, runs_root, safe_run_dir
+from .rationales import RationaleError, check_hint_source, rationale_map, read_meta
+from .runs import RunDir, runs_root, safe_run_dir
 
 
 class TrainError(KDLensError):
@@ -120,50 +121,16 @@ def run_path(config: TrainConfig) -> Path:
 # Rationales
 
 
-def load_rationale_map(path: str | Path) -> dict[str, list[str]]:
-    """Example id -> rationale words (input order) from an extraction's ``rationales.jsonl``.
-
-    ``path`` is the extraction run folder or the file itself. Each line holds ``id`` and
-    ``rationale``: a list of ``{text, start, end, score}`` (or plain strings).
-    """
-    path = Path(path)
-    file = path / "rationales.jsonl" if path.is_dir() else path
-    if not file.is_file():
-        raise TrainError(f"no rationales found at {path} (expected rationales.jsonl)")
-    out: dict[str, list[str]] = {}
-    lines = file.read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            words = [w["text"] if isinstance(w, dict) else str(w) for w in rec["rationale"]]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            if n == len(lines):  # a torn last line from a killed extraction
-                break
-            raise TrainError(f"{file.name} line {n}: not a rationale record") from None
-        out[str(rec["id"])] = [w for w in words if w.strip()]
-    return out
-
-
 def rationale_source(path: str | Path | None) -> dict | None:
     """Settings of the extraction run the rationales came from, for the record."""
     if not path:
         return None
-    p = Path(path)
-    folder = p if p.is_dir() else p.parent
-    cfg = read_json(folder / "config.json", {}) or {}
-    file = folder / "rationales.jsonl" if p.is_dir() else p
     from .data import data_hash
 
-    return {
-        "path": str(p),
-        "sha256": data_hash(file) if file.is_file() else None,
-        # Extraction configs keep their settings flat; a nested "settings" is used if present.
-        "settings": cfg.get("settings")
-        or {k: v for k, v in cfg.items() if k not in ("versions", "created")},
-        "models": cfg.get("models"),
-    }
+    meta = read_meta(path)
+    settings = {k: v for k, v in meta.settings.items() if k not in ("versions", "created")}
+    return {"path": str(path), "sha256": data_hash(meta.path), "target": meta.target,
+            "settings": settings, "models": settings.get("models")}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,23 +208,14 @@ def _load_examples(config: TrainConfig):
     return split(examples, config.dev_size, config.seed)
 
 
-def rationale_target(path: str | Path | None) -> str | None:
-    """``generated`` or ``gold``: what the rationales of an extraction run explain."""
-    src = rationale_source(path)
-    if not src:
-        return None
-    target = (src.get("settings") or {}).get("target")
-    return "gold" if target in ("gold", "given") else target
-
-
 def check_hints(mode: str, rationales: str | Path | None) -> None:
     """Hints at evaluation come from the teacher's own answers only: a hint made by
     attributing the gold label would hand the student the answer."""
-    if get_mode(mode).uses_hints and rationale_target(rationales) == "gold":
-        raise TrainError(
-            "hint mode evaluates with the rationales as hints, and these were extracted with "
-            "the gold label as target (they leak the answer); extract with target 'generated'"
-        )
+    if get_mode(mode).uses_hints and rationales:
+        try:
+            check_hint_source(rationales)
+        except RationaleError as e:
+            raise TrainError(str(e)) from None
 
 
 def encode_items(loaded, examples, config: TrainConfig, rmap) -> list[list[Features]]:
@@ -332,7 +290,7 @@ def train(
     check_hints(config.mode, config.rationales)
     emit = progress or (lambda record: None)
     train_ex, dev_ex = _load_examples(config)  # data errors come before any folder exists
-    rmap = load_rationale_map(config.rationales) if config.rationales else None
+    rmap = rationale_map(config.rationales) if config.rationales else None
     if rmap is not None and not any(e.id in rmap for e in train_ex):
         raise TrainError(f"no training example has a rationale in {config.rationales}")
     run = RunDir(run_path(config))
@@ -611,7 +569,7 @@ __all__ = [
     "batch_loss",
     "check_hints",
     "encode_items",
-    "load_rationale_map",
+    "rationale_source",
     "lr_lambda",
     "save_final_model",
     "step_counts",

@@ -53,7 +53,6 @@ def test_truncation_error_when_nothing_can_be_cut():
 
 def test_generation_stops_at_the_end_of_the_first_line(tiny):
     """A model that would run on past a line break is cut there (answers come first)."""
-    tok = tiny.tokenizer
     prompt = build_source(tiny, "free", {"text": "apples"}, 200).ids
     free = generate(tiny, [prompt], 12, first_line=False)[0]
     cut = generate(tiny, [prompt], 12)[0]

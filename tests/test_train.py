@@ -34,7 +34,8 @@ def write_cqa(folder: Path) -> Path:
     with (folder / "rationales.jsonl").open("w") as f:
         for i, (q, _c, _a) in enumerate(ITEMS):
             words = [{"text": w, "start": 0, "end": 0, "score": 1.0} for w in q.split()[:3]]
-            f.write(json.dumps({"id": f"q{i}", "rationale": words}) + "\n")
+            rec = {"id": f"q{i}", "rationale": words, "target": "generated"}
+            f.write(json.dumps(rec) + "\n")
     (folder / "llm").mkdir(exist_ok=True)
     cot = [f"A {a} fits {q.lower()} So the answer is {a}.\n\nQ: more" for q, _c, a in ITEMS]
     (folder / "llm" / "train_CoT_0.json").write_text(json.dumps(cot))
@@ -162,33 +163,6 @@ def test_batch_order_is_deterministic_and_covers_each_epoch():
     assert [b.batch(g) for g in reversed(range(6))] == [a.batch(g) for g in reversed(range(6))]
     assert [a.batch(g) for g in range(3, 6)] != first  # a new epoch reshuffles
     assert [tr.BatchOrder(10, 4, seed=4).batch(g) for g in range(3)] != first
-
-
-def test_load_rationale_map(tmp_path):
-    f = tmp_path / "rationales.jsonl"
-    f.write_text(
-        json.dumps(
-            {
-                "id": "a",
-                "rationale": [
-                    {"text": "plate", "start": 0, "end": 5, "score": 1},
-                    {"text": "sink", "start": 9, "end": 13, "score": 0.5},
-                ],
-            }
-        )
-        + "\n"
-        + json.dumps({"id": 7, "rationale": ["x", "y"]})
-        + "\n"
-        + '{"id": "torn", "ra'
-    )
-    got = tr.load_rationale_map(tmp_path)
-    assert got == {"a": ["plate", "sink"], "7": ["x", "y"]}
-    assert tr.load_rationale_map(f) == got
-    f.write_text('{"bad": 1}\n{"id": "a", "rationale": []}\n')
-    with pytest.raises(tr.TrainError, match="line 1"):
-        tr.load_rationale_map(f)
-    with pytest.raises(tr.TrainError, match="no rationales"):
-        tr.load_rationale_map(tmp_path / "missing")
 
 
 def test_config_validation(tmp_path):
