@@ -128,7 +128,32 @@ def token_nll(model, batch: dict, encoder_decoder: bool) -> torch.Tensor:
     return -(picked * valid).sum(dim=1)
 
 
+def step_counts(items, idxs: list[list[int]]) -> dict[str, int]:
+    """Target tokens per kind over the effective batch (all micro-batches, all processes)."""
+    counts: dict[str, int] = {}
+    for idx in idxs:
+        for i in idx:
+            for f in items[i]:
+                counts[f.kind] = counts.get(f.kind, 0) + f.n_targets
+    return counts
+
+
+def batch_loss(model, feats: list[Features], counts: dict, pad_id, enc_dec, device, autocast):
+    """This micro-batch's share of the step objective, and its per-kind NLL sums."""
+    batch = collate_features(feats, pad_id, enc_dec)
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    with autocast:
+        nll = token_nll(model, batch, enc_dec)
+    scale = torch.tensor([f.weight / counts[f.kind] for f in feats], device=nll.device)
+    sums: dict[str, float] = {}
+    for f, v in zip(feats, nll.detach().tolist()):
+        sums[f.kind] = sums.get(f.kind, 0.0) + v
+    return (nll * scale).sum(), sums
+
+
 __all__ = [
+    "batch_loss",
+    "step_counts",
     "IGNORE",
     "Features",
     "collate_features",
