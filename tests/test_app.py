@@ -1,5 +1,5 @@
-"""The app through gradio_client (a launched app on tiny random models), and its glue
-functions (distill.app_service) directly.
+"""The app through gradio_client (a launched app on tiny random models), and the functions
+of its tab modules (the app/ package) directly.
 
 The app runs in this process on a free port; models are a tiny random Llama saved to a
 temporary folder (loaded by the real ``load_model``), data is ten tiny CQA records.
@@ -17,7 +17,17 @@ from pathlib import Path
 import pytest
 import tiny
 
-from distill import app_service as svc
+from app import (
+    common,
+    compare_tab,
+    distill_job,
+    distill_status,
+    distill_tab,
+    explain_tab,
+    forms,
+    overlap_tab,
+)
+from explain.errors import KDLensError
 
 ITEMS = tiny.CQA_ITEMS
 QUESTION = ("Where would you put a plate after washing it?", "cupboard | table | sink")
@@ -150,6 +160,7 @@ def test_explain_returns_answer_figures_and_rationale(world):
         bar,
         rat,
         token,
+        models,
     ) = call(c, "/explain", *explain_args(world["model"]))
     assert not is_error(status) and "saliency" in status
     assert answer.startswith("**Teacher's answer")
@@ -244,16 +255,16 @@ def test_gold_answer_marks_the_teachers_answer(world):
 
 
 def test_switching_teacher_frees_the_old_one(tmp_path):
-    ctx = svc.AppContext("a", "b", tmp_path, model_loader=lambda spec, **kw: tiny.loaded())
+    ctx = common.AppContext("a", "b", tmp_path, model_loader=lambda spec, **kw: tiny.loaded())
     ctx.teacher_model("a")
     ctx.student_model("b")
     assert ctx.teacher_model("a") is ctx.teachers.get("a")  # cached
     ctx.teacher_model("c")
     assert ctx.teachers.loaded_specs() == ["c"] and ctx.students.loaded_specs() == ["b"]
     assert ctx.student_model("c") is ctx.teachers.get("c")  # shared, not loaded again
-    with pytest.raises(svc.KDLensError, match="no teacher model"):
+    with pytest.raises(KDLensError, match="no teacher model"):
         ctx.teacher_model(" ")
-    with pytest.raises(svc.KDLensError, match="not an existing folder"):
+    with pytest.raises(KDLensError, match="not an existing folder"):
         ctx.teacher_model(str(tmp_path / "typo" / "model"))
     assert ctx.teachers.loaded_specs() == ["c"]  # a mistyped spec evicts nothing
 
@@ -267,8 +278,8 @@ def test_compare_student_modes_and_runs_side_by_side(world):
     run = str(world["train_dir"])
     out = call(c, "/compare", str(world["model"]), str(world["model"]), "Multiple choice",
                QUESTION[0], QUESTION[1], "", "", "", "cupboard", [run], "saliency", 3)  # fmt: skip
-    status, cards, table = out
-    assert not is_error(status)
+    status, cards, table, models = out
+    assert not is_error(status) and "ready on cpu" in models
     rows = table["data"]
     assert [r[0] for r in rows] == ["student, no rationale",
                                     "student + teacher rationale (hint)",
@@ -286,9 +297,11 @@ def test_compare_bad_input_and_unusable_run(world, tmp_path):
                "", "a | b", "", "", "", "", [], "saliency", 3)  # fmt: skip
     assert is_error(out[0]) and "question is empty" in out[0]
     # A folder that is no finished run: its row says so, the others still answer.
+    not_a_run = world["runs"] / "not-a-run"
+    not_a_run.mkdir(exist_ok=True)
     out = call(c, "/compare", str(world["model"]), str(world["model"]), "Premise / hypothesis",
                "", "", "A man plays a guitar.", "A person makes music.", "", "",
-               [str(tmp_path)], "saliency", 2)  # fmt: skip
+               [str(not_a_run)], "saliency", 2)  # fmt: skip
     rows = out[2]["data"]
     assert rows[-1][-1].startswith("not finished") and rows[0][4] is None  # no gold: no verdict
 
@@ -307,7 +320,7 @@ def start_args(world, source="path", path=None, upload=None, modes=("standard",)
 def wait_job(c, until: tuple[str, ...], timeout: float = 90) -> str:
     end = time.time() + timeout
     while time.time() < end:
-        md = call(c, "/distill_status", [], None)[0]
+        md = call(c, "/distill_status", [], None, "", "")[0]
         if md.startswith(tuple(f"**{s}**" for s in until)):
             return md
         time.sleep(0.3)
@@ -320,7 +333,8 @@ def test_distill_bad_requests_give_messages(world, tmp_path):
     c = world["client"]
     md = call(c, "/distill_start", *start_args(world, modes=()))[0]
     assert is_error(md) and "at least one mode" in md
-    md = call(c, "/distill_start", *start_args(world, source="path", path=tmp_path / "x.jsonl"))[0]
+    missing = world["data"].parent / "x.jsonl"
+    md = call(c, "/distill_start", *start_args(world, source="path", path=missing))[0]
     assert is_error(md) and "not found" in md
     bad = tmp_path / "bad.csv"
     bad.write_text("question,choices,answer\nWhere?,a|b,zebra\n")
@@ -426,74 +440,78 @@ def test_overlap_bad_file_gives_a_message(world, tmp_path):
 
 
 def test_task_fields_and_choices():
-    assert svc.parse_choices("a | b\nc||") == ["a", "b", "c"]
-    t, f = svc.task_fields("Multiple choice", "Q?", "x|y")
+    assert forms.parse_choices("a | b\nc||") == ["a", "b", "c"]
+    t, f = forms.task_fields("Multiple choice", "Q?", "x|y")
     assert t == "cqa" and f == {"question": "Q?", "choices": ["x", "y"]}
-    assert svc.task_fields("Math word problem", "How many?", body="Sam has 3.")[0] == "svamp"
-    with pytest.raises(svc.KDLensError, match="unknown input kind"):
-        svc.task_fields("Poem", "x")
-    with pytest.raises(svc.KDLensError, match="Compare needs a task input"):
-        svc.compare_task("free")
-    assert svc.compare_task("nli") == "esnli" and svc.compare_task("nli", "anli1") == "anli1"
+    assert forms.task_fields("Math word problem", "How many?", body="Sam has 3.")[0] == "svamp"
+    with pytest.raises(KDLensError, match="unknown input kind"):
+        forms.task_fields("Poem", "x")
+    with pytest.raises(KDLensError, match="Compare needs a task input"):
+        compare_tab.compare_task("free")
+    assert (
+        compare_tab.compare_task("nli") == "esnli"
+        and compare_tab.compare_task("nli", "anli1") == "anli1"
+    )
 
 
 def test_examples_rows_fill_every_form_field():
     from explain.examples import load_examples
 
-    rows, labels = svc.example_rows(load_examples())
+    rows, labels = forms.example_rows(load_examples())
     assert len(rows) == len(labels) > 0
-    assert all(len(r) == 7 and r[0] in svc.INPUT_KINDS and r[6] for r in rows)
+    assert all(len(r) == 7 and r[0] in forms.INPUT_KINDS and r[6] for r in rows)
 
 
 def test_token_views_and_segments():
     from explain.pipeline import explain
 
     res = explain(tiny.loaded("llama"), {"text": "Sam had apples"}, max_new_tokens=3)
-    assert [v for _, v in svc.token_choices(res)][:2] == ["all", "0"]
-    assert svc.pick_token(res, "all") is res
-    assert svc.pick_token(res, "1").settings["output_token"] == 1
-    with pytest.raises(svc.KDLensError, match="out of range"):
-        svc.pick_token(res, "99")
-    segs = svc._segments([(1, 3.0), (2, 2.0), (1, 4.0), (2, 1.0)], ["standard"])
+    assert [v for _, v in explain_tab.token_choices(res)][:2] == ["all", "0"]
+    assert explain_tab.pick_token(res, "all") is res
+    assert explain_tab.pick_token(res, "1").settings["output_token"] == 1
+    with pytest.raises(KDLensError, match="out of range"):
+        explain_tab.pick_token(res, "99")
+    segs = distill_status._segments([(1, 3.0), (2, 2.0), (1, 4.0), (2, 1.0)], ["standard"])
     assert [(n, x) for n, x, _ in segs] == [("standard", [1, 2]), ("run 2", [1, 2])]
 
 
 def test_status_markdown_and_progress_figure():
-    assert "No job yet" in svc.status_markdown({"state": "idle"})
+    assert "No job yet" in distill_status.status_markdown({"state": "idle"})
     st = {"state": "running", "stage": "train standard (1/1): training", "step": 3, "total": 10,
           "examples_per_s": 2.5, "eta_s": 75, "losses": [(1, 2.0), (2, 1.5)], "dev": [(2, 0.5)],
           "message": "", "error": None, "run_dir": "/r"}  # fmt: skip
-    md = svc.status_markdown(st, "CPU")
+    md = distill_status.status_markdown(st, "CPU")
     assert "step 3/10" in md and "2.50 examples/s" in md and "ETA 1 min 15 s" in md
-    fig = svc.progress_figure(st, ["standard"])
+    fig = distill_status.progress_figure(st, ["standard"])
     assert [t.name for t in fig.data] == ["standard loss", "standard dev acc"]
     failed = dict(st, state="failed", error="boom")
-    assert "⚠ boom" in svc.status_markdown(failed)
+    assert "⚠ boom" in distill_status.status_markdown(failed)
 
 
 def test_plan_and_data_validation(tmp_path):
     data = write_cqa(tmp_path / "ds")
-    plan = svc.plan_distill(tmp_path, "cqa", data, "t", "s", ["saliency", "standard"], 10, 2, 2,
+    plan = distill_job.plan_distill(tmp_path, "cqa", data, "t", "s", ["saliency", "standard"], 10, 2, 2,
                             3, name="p")  # fmt: skip
     assert plan.modes == ["standard", "saliency"]  # training order follows MODES
     assert plan.extract_dir.endswith("p-extract") and set(plan.run_dirs) == set(plan.modes)
-    with pytest.raises(svc.KDLensError, match="dss needs"):
-        svc.plan_distill(tmp_path, "cqa", data, "t", "s", ["dss"], 10, 2, 2, 3)
-    with pytest.raises(svc.KDLensError, match="size must be at least"):
-        svc.plan_distill(tmp_path, "cqa", data, "t", "s", ["standard"], 1, 2, 2, 3)
-    assert svc.resolve_data("cqa", "demo set", None, None, tmp_path, tmp_path / "ds") == data
-    with pytest.raises(svc.KDLensError, match="demo set for svamp is not here"):
-        svc.resolve_data("svamp", "demo set", None, None, tmp_path, tmp_path / "ds")
-    stored = svc.resolve_data("cqa", "upload", None, str(data), tmp_path, None)
-    assert stored.parent == tmp_path / "uploads" and stored.read_bytes() == data.read_bytes()
-    with pytest.raises(svc.KDLensError, match="give the path"):
-        svc.resolve_data("cqa", "path", " ", None, tmp_path)
+    with pytest.raises(KDLensError, match="dss needs"):
+        distill_job.plan_distill(tmp_path, "cqa", data, "t", "s", ["dss"], 10, 2, 2, 3)
+    with pytest.raises(KDLensError, match="size must be at least"):
+        distill_job.plan_distill(tmp_path, "cqa", data, "t", "s", ["standard"], 1, 2, 2, 3)
+    ctx = common.AppContext("t", "s", tmp_path / "runs", data_root=tmp_path / "ds")
+    assert distill_tab.resolve_data(ctx, "cqa", "demo set", None, None) == data
+    with pytest.raises(KDLensError, match="demo set for svamp is not here"):
+        distill_tab.resolve_data(ctx, "svamp", "demo set", None, None)
+    stored = distill_tab.resolve_data(ctx, "cqa", "upload", None, str(data))
+    assert stored.parent == ctx.runs_root / "uploads" and stored.read_bytes() == data.read_bytes()
+    with pytest.raises(KDLensError, match="give the path"):
+        distill_tab.resolve_data(ctx, "cqa", "path", " ", None)
 
 
 def test_default_sizes_are_small_on_cpu():
-    cpu = svc.default_sizes(gpu=False)
+    cpu = distill_tab.default_sizes(gpu=False)
     assert cpu["limit"] <= 32 and cpu["steps"] <= 20
-    assert svc.default_sizes(gpu=True)["steps"] > cpu["steps"]
+    assert distill_tab.default_sizes(gpu=True)["steps"] > cpu["steps"]
 
 
 def test_overlap_page_filters_and_marks_words():
@@ -501,10 +519,10 @@ def test_overlap_page_filters_and_marks_words():
             {"id": "b", "rationale": ["sink"], "gold": "sink", "hit": True}]  # fmt: skip
     recs = [{"fields": {"question": "Where is a plate?", "choices": ["cupboard", "sink"]}},
             {"fields": {"question": "Wash in the sink", "choices": ["sink", "bed"]}}]  # fmt: skip
-    html_, pages = svc.overlap_page(rows, recs, show="hits")
+    html_, pages = overlap_tab.overlap_page(rows, recs, show="hits")
     assert pages == 1 and ">b<" in html_ and ">a<" not in html_
     assert '<span class="kd-r kd-g">sink</span>' in html_
-    html_, _ = svc.overlap_page(rows, recs, page=9, per_page=1)
+    html_, _ = overlap_tab.overlap_page(rows, recs, page=9, per_page=1)
     assert "page 2 of 2" in html_
 
 
