@@ -34,7 +34,10 @@ def _quiet(msg: str, frac: float | None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Errors: every callback's first output is a status Markdown
+# Errors: every callback's first output is a status Markdown. Events that take user input run
+# with ``preprocess=False``: an API caller can send any value (k='abc', a method not in the
+# list), and the callback's own checks answer it with the UI's one-line message instead of
+# Gradio's generic conversion error.
 
 
 def user_message(e: BaseException) -> str:
@@ -80,20 +83,13 @@ def guarded(where: str, n_out: int) -> Callable:
     return deco
 
 
-def lenient(*components: gr.components.Component) -> None:
-    """API callers can send any value; when Gradio's own conversion fails (k='abc' on a
-    slider, a method not in the list), pass the raw value on so the callback answers with
-    the same one-line message as the UI instead of Gradio's generic error."""
-    for c in components:
-        original = c.preprocess
-
-        def preprocess(payload, _original=original):
-            try:
-                return _original(payload)
-            except Exception:  # noqa: BLE001 - checked by the callback
-                return payload
-
-        c.preprocess = preprocess
+def file_path(value) -> str | None:
+    """The server path of an upload given raw (events run with ``preprocess=False``)."""
+    if isinstance(value, dict):
+        value = value.get("path")
+    if value is not None and not isinstance(value, str):
+        raise InputError("an upload must be a file")
+    return value or None
 
 
 def whole(value, name: str, lo: int, hi: int | None = None) -> int:
@@ -231,6 +227,8 @@ class AppContext:
 
     def _get(self, spec: str, mine: ModelCache, other: ModelCache, role: str,
              progress: Progress | None = None, **kw) -> LoadedModel:  # fmt: skip
+        if spec is not None and not isinstance(spec, str):
+            raise InputError(f"the {role} model must be a spec (text); got {spec!r}")
         spec = (spec or "").strip()
         if not spec:
             raise InputError(f"no {role} model given; pick one or type a spec")

@@ -21,7 +21,6 @@ from .common import (
     Progress,
     gradio_progress,
     guarded,
-    lenient,
     log_error,
     num,
     short_spec,
@@ -205,7 +204,6 @@ def layout(ctx: AppContext, ui: dict) -> None:
             with gr.Accordion("Answers as a table", open=False):
                 ui["cmp_table"] = gr.Dataframe(headers=COMPARE_COLUMNS, label="Answers",
                                                interactive=False, wrap=True)  # fmt: skip
-    lenient(ui["cmp_runs"], ui["cmp_in"]["kind"])
 
 
 def wire(ctx: AppContext, ui: dict) -> None:
@@ -234,5 +232,5 @@ def wire(ctx: AppContext, ui: dict) -> None:
         [ui["teacher_dd"], ui["student_dd"], *cmp_in["inputs"], cmp_in["gold"], ui["cmp_runs"],
          ui["method"], ui["top_k"]],
         [ui["cmp_status"], ui["cmp_cards"], ui["cmp_table"], ui["models_md"]],
-        api_name="compare", concurrency_id="compute", concurrency_limit=2,
+        api_name="compare", concurrency_id="compute", concurrency_limit=2, preprocess=False,
     )  # fmt: skip

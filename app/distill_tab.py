@@ -14,9 +14,9 @@ from explain.errors import InputError, KDLensError
 from .common import (
     AppContext,
     choices_update,
+    file_path,
     guarded,
     has_gpu,
-    lenient,
     log_error,
     one_of,
     positive,
@@ -131,8 +131,6 @@ def layout(ctx: AppContext, ui: dict, device: str) -> None:
     ui["timer"] = gr.Timer(1.0, active=False)
     ui["plan_modes"] = gr.State([])
     ui["seen"] = gr.State(None)
-    lenient(ui["task"], ui["source"], ui["modes"], ui["limit"], ui["steps"], ui["d_k"],
-            ui["batch"], ui["lr"], ui["d_method"], ui["target"])  # fmt: skip
 
 
 def check_form(tsk, src, mds, n, st, k, bs, rate, meth, tgt) -> dict:
@@ -174,7 +172,7 @@ def wire(ctx: AppContext, ui: dict) -> None:
         if mds and any(m != "standard" for m in mds):
             ctx.paths.check_model(str(teacher or ""))
         ctx.paths.check_model(str(student or ""))
-        data = resolve_data(ctx, tsk, src, path, up)
+        data = resolve_data(ctx, tsk, src, path, file_path(up))
         plan = plan_distill(ctx.runs_root, tsk, data, teacher, student, mds, name=name or "",
                             **s)  # fmt: skip
         ctx.jobs.start("distill", run_distill, plan=plan, teacher_loader=ctx.teacher_model,
@@ -187,7 +185,7 @@ def wire(ctx: AppContext, ui: dict) -> None:
          ui["student_dd"], ui["modes"], ui["limit"], ui["steps"], ui["d_k"], ui["batch"],
          ui["lr"], ui["d_method"], ui["target"], ui["run_name"]],
         [ui["job_md"], ui["timer"], ui["plan_modes"]], api_name="distill_start",
-        concurrency_limit=None,
+        concurrency_limit=None, preprocess=False,
     )  # fmt: skip
 
     @guarded("stop", 1)

@@ -15,7 +15,7 @@ from explain.packs import DEFAULT_STUDENT
 from explain.result import AttributionResult
 
 from . import forms
-from .common import AppContext, error_md, gradio_progress, guarded, lenient, one_of, whole
+from .common import AppContext, error_md, gradio_progress, guarded, one_of, whole
 from .paths import new_export_folder
 
 ALL_TOKENS = "all"
@@ -166,7 +166,6 @@ def layout(ctx: AppContext, ui: dict) -> None:
         ui["files"] = gr.File(label="Downloads", file_count="multiple", interactive=False,
                               visible=False, scale=1)  # fmt: skip
     ui["result_state"] = gr.State(None)
-    lenient(ui["method"], ui["top_k"], ui["level"], ui["token"], *ui["ex_in"]["inputs"][:1])
 
 
 def check_settings(method, k, level: str = "word") -> tuple[str, int]:
@@ -206,7 +205,7 @@ def wire(ctx: AppContext, ui: dict) -> None:
          ui["given"], ui["level"]],
         [ui["ex_status"], ui["answer_md"], ui["highlight"], ui["heat"], ui["bar"],
          ui["rationale"], ui["token"], ui["result_state"], models_md],
-        api_name="explain", concurrency_id="compute", concurrency_limit=2,
+        api_name="explain", concurrency_id="compute", concurrency_limit=2, preprocess=False,
     )  # fmt: skip
 
     @guarded("picking an answer token", 5)
@@ -221,7 +220,7 @@ def wire(ctx: AppContext, ui: dict) -> None:
     for trigger, name in ((ui["token"].input, "explain_token"), (ui["level"].input, None)):
         trigger(on_token, [ui["result_state"], ui["token"], ui["level"]], outs, api_name=name,
                 api_visibility="public" if name else "private",
-                concurrency_limit=None)  # fmt: skip
+                concurrency_limit=None, preprocess=False)  # fmt: skip
 
     @guarded("export", 2)
     def on_export(state, tok):
@@ -233,4 +232,4 @@ def wire(ctx: AppContext, ui: dict) -> None:
 
     ui["export_btn"].click(on_export, [ui["result_state"], ui["token"]],
                            [ui["ex_status"], ui["files"]], api_name="export",
-                           concurrency_limit=None)  # fmt: skip
+                           concurrency_limit=None, preprocess=False)  # fmt: skip

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from distill.data import DataError
 from explain.errors import InputError
 
-from .common import AppContext, guarded, lenient, num, one_of, shorten, whole
+from .common import AppContext, file_path, guarded, num, one_of, shorten, whole
 from .paths import discard_upload
 
 
@@ -254,13 +254,13 @@ def layout(ctx: AppContext, ui: dict) -> None:
     ui["ov_state"] = gr.State(None)
     with gr.Accordion("Definitions", open=True):
         gr.Markdown(definitions_markdown())
-    lenient(ui["ov_show"], ui["ov_page"])
 
 
 def wire(ctx: AppContext, ui: dict) -> None:
     @guarded("overlap", 7)
     def on_overlap(choice, up, show):
         one_of(show, "filter", OVERLAP_FILTERS)
+        up = file_path(up)
         path = overlap_source(ctx, choice, up)
         try:
             view = overlap_view(path)
@@ -276,7 +276,7 @@ def wire(ctx: AppContext, ui: dict) -> None:
         on_overlap, [ui["ov_src"], ui["ov_upload"], ui["ov_show"]],
         [ui["ov_status"], ui["ov_table"], ui["ov_fig"], ui["ov_hist"], ui["ov_examples"],
          ui["ov_page"], ui["ov_state"]],
-        api_name="overlap", concurrency_id="overlap", concurrency_limit=2,
+        api_name="overlap", concurrency_id="overlap", concurrency_limit=2, preprocess=False,
     )  # fmt: skip
 
     @guarded("overlap page", 2)
@@ -292,4 +292,4 @@ def wire(ctx: AppContext, ui: dict) -> None:
         trigger(on_page, [ui["ov_state"], ui["ov_page"], ui["ov_show"]],
                 [ui["ov_status"], ui["ov_examples"]], api_name=name,
                 api_visibility="public" if name else "private",
-                concurrency_limit=None)  # fmt: skip
+                concurrency_limit=None, preprocess=False)  # fmt: skip

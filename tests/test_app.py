@@ -343,8 +343,8 @@ def test_distill_bad_requests_give_messages(world, tmp_path):
     assert is_error(md) and "line 2" in md and "not one of the choices" in md
     txt = tmp_path / "notes.txt"
     txt.write_text("hello")
-    with pytest.raises(Exception):  # noqa: B017 - gradio refuses the file type itself
-        call(c, "/distill_start", *start_args(world, source="upload", upload=handle_file(str(txt))))
+    md = call(c, "/distill_start", *start_args(world, source="upload", upload=handle_file(str(txt))))
+    assert is_error(md[0]) and "notes.txt: upload a .jsonl, .json, .csv file" in md[0]
     md = call(c, "/distill_start", *start_args(world, name="../escape"))[0]
     assert is_error(md) and "path separators" in md
 
@@ -490,8 +490,8 @@ def test_status_markdown_and_progress_figure():
 
 def test_plan_and_data_validation(tmp_path):
     data = write_cqa(tmp_path / "ds")
-    plan = distill_job.plan_distill(tmp_path, "cqa", data, "t", "s", ["saliency", "standard"], 10, 2, 2,
-                            3, name="p")  # fmt: skip
+    modes = ["saliency", "standard"]
+    plan = distill_job.plan_distill(tmp_path, "cqa", data, "t", "s", modes, 10, 2, 2, 3, name="p")
     assert plan.modes == ["standard", "saliency"]  # training order follows MODES
     assert plan.extract_dir.endswith("p-extract") and set(plan.run_dirs) == set(plan.modes)
     with pytest.raises(KDLensError, match="dss needs"):
@@ -537,3 +537,196 @@ def test_cli_flags_and_env_overrides(monkeypatch):
     args = app.parse_args(["--student", "s", "--host", "0.0.0.0"])
     assert (args.teacher, args.student, args.port, args.runs, args.host) == (
         "/models/t", "s", 9999, "/tmp/r", "0.0.0.0")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Hardening: typed paths, API-only inputs, analytics, clean-up (issue 9)
+
+
+def test_analytics_are_off_by_default(world):
+    import os
+
+    assert world["demo"].analytics_enabled is False
+    assert os.environ.get("GRADIO_ANALYTICS_ENABLED") == "False"
+
+
+def _outside_message(md: str, typed: Path) -> str:
+    """The message with the typed path blanked, to compare a file that exists with one that
+    does not."""
+    return md.replace(repr(str(typed)), "<path>")
+
+
+@pytest.mark.parametrize("which", ["distill path", "overlap path", "compare run", "model"])
+def test_typed_paths_outside_the_allowed_folders_are_refused_alike(world, tmp_path, which):
+    """A secret file outside the runs/datasets folders (and one that does not exist) get the
+    same one-line refusal: no content is read and nothing tells whether it exists."""
+    secret = tmp_path / "secret" / "id_rsa.jsonl"
+    secret.parent.mkdir()
+    secret.write_text('{"id": "x"}\n')
+    (secret.parent / "config.json").write_text("{}")
+    c, model = world["client"], str(world["model"])
+    outs = []
+    for typed in (secret, tmp_path / "secret" / "missing.jsonl"):
+        if which == "distill path":
+            md = call(c, "/distill_start", *start_args(world, source="path", path=typed))[0]
+        elif which == "overlap path":
+            md = call(c, "/overlap", str(typed), None, "all")[0]
+        elif which == "compare run":
+            md = call(c, "/compare", model, model, "Multiple choice", QUESTION[0], QUESTION[1],
+                      "", "", "", "", [str(typed.parent)], "saliency", 3)[0]  # fmt: skip
+            typed = typed.parent
+        else:
+            md = call(c, "/explain", *explain_args(typed.parent))[0]
+            typed = typed.parent
+        assert is_error(md) and "not inside the runs folder" in md, md
+        assert "malformed" not in md and "not found" not in md and "config.json" not in md
+        outs.append(_outside_message(md, typed))
+    assert outs[0] == outs[1]
+
+
+def test_a_link_out_of_the_runs_folder_is_refused(world, tmp_path):
+    secret = tmp_path / "shadow.jsonl"
+    secret.write_text("root:x:0:0\n")
+    link = world["runs"] / "innocent.jsonl"
+    link.symlink_to(secret)
+    md = call(world["client"], "/overlap", str(link), None, "all")[0]
+    link.unlink()
+    assert is_error(md) and "not inside the runs folder" in md and "root:x" not in md
+
+
+@pytest.mark.parametrize(
+    ("api", "args", "expect"),
+    [
+        ("/explain", {9: "abc"}, "k must be a whole number from 1 to 20; got 'abc'"),
+        ("/explain", {9: 0}, "k must be a whole number from 1 to 20"),
+        ("/explain", {9: 2.5}, "k must be a whole number"),
+        ("/explain", {8: "bogus"}, "unknown attribution method 'bogus'"),
+        ("/explain", {1: "Poem"}, "unknown input kind 'Poem'"),
+        ("/explain", {11: "pixels"}, "unknown heatmap columns 'pixels'"),
+        ("/overlap_page", "abc", "page must be a whole number of at least 1; got 'abc'"),
+        ("/overlap_page", -3, "page must be a whole number"),
+        ("/distill_start", {7: "abc"}, "examples must be a whole number"),
+        ("/distill_start", {8: "abc"}, "steps must be a whole number"),
+        ("/distill_start", {11: "nan"}, "learning rate must be a number above 0"),
+        ("/distill_start", {11: "inf"}, "learning rate must be a number above 0"),
+        ("/distill_start", {6: ["standard", "magic"]}, "unknown mode 'magic'"),
+        ("/distill_start", {0: "poetry"}, "unknown task 'poetry'"),
+        ("/distill_start", {1: "ftp"}, "unknown data source 'ftp'"),
+        ("/distill_start", {13: "oracle"}, "unknown rationale target 'oracle'"),
+    ],
+)
+def test_api_only_inputs_get_the_uis_message(world, api, args, expect):
+    """Values the UI cannot send (a word as k, a page 'abc') come back as the same one-line
+    message, not Gradio's generic error."""
+    c = world["client"]
+    if api == "/explain":
+        full = list(explain_args(world["model"]))
+    elif api == "/distill_start":
+        full = list(start_args(world, name="api-bad"))
+    else:
+        full = [args, "all"]
+        args = {}
+    for i, v in args.items():
+        full[i] = v
+    md = call(c, api, *full)[0]
+    assert is_error(md) and expect in md, md
+    assert not (world["runs"] / "api-bad-standard").exists()
+
+
+def test_a_rejected_upload_leaves_nothing_behind(world, tmp_path):
+    import uuid
+
+    from gradio_client import handle_file
+
+    from app.paths import upload_root
+
+    name = f"rejected-{uuid.uuid4().hex[:8]}.csv"
+    bad = tmp_path / name
+    bad.write_text("question,choices,answer\nWhere?,a|b,zebra\n")
+    before = set((world["runs"] / "uploads").glob("*"))
+    md = call(world["client"], "/distill_start",
+              *start_args(world, source="upload", upload=handle_file(str(bad))))[0]  # fmt: skip
+    assert is_error(md) and "not one of the choices" in md
+    assert set((world["runs"] / "uploads").glob("*")) == before  # no stored copy
+    assert not list(upload_root().rglob(name))  # nor Gradio's own copy
+    bad_rat = tmp_path / f"r-{uuid.uuid4().hex[:8]}.jsonl"
+    bad_rat.write_text("not json\n")
+    md = call(world["client"], "/overlap", None, handle_file(str(bad_rat)), "all")[0]
+    assert is_error(md) and not list(upload_root().rglob(bad_rat.name))
+
+
+def test_old_exports_are_removed(world):
+    import os
+
+    from app.paths import EXPORT_TTL_S
+
+    root = world["demo"].kdlens.exports_root
+    old = root / "20200101-000000-1"
+    old.mkdir(parents=True, exist_ok=True)
+    (old / "kdlens-saliency.json").write_text("{}")
+    stale = time.time() - EXPORT_TTL_S - 60
+    os.utime(old, (stale, stale))
+    c = world["client"]
+    call(c, "/explain", *explain_args(world["model"]))
+    files = call(c, "/export", "all")[1]["value"]
+    assert not old.exists()
+    assert all(Path(f).is_file() for f in files)  # the new export stays
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress and model states (issue 10)
+
+
+def test_first_load_reports_progress_and_states(tmp_path):
+    """The callback gets the loader's own messages (pack download, checksum, conversion) and
+    the app's (loading, ready on a device); the state reads loading during the load."""
+    seen, states = [], []
+
+    def loader(spec, progress=None, **kw):
+        states.append(ctx.model_state(spec))
+        progress("pack: downloading 10.0 of 20.0 MB (50%)", 0.5)
+        progress("pack: verified sha256 abc...", 1.0)
+        return tiny.loaded()
+
+    ctx = common.AppContext("a", "b", tmp_path, model_loader=loader)
+    assert ctx.model_state("a") == "not loaded"
+    ctx.teacher_model("a", lambda m, f: seen.append((m, f)))
+    assert states == ["loading…"]
+    assert [m for m, _ in seen] == [
+        "loading teacher a…",
+        "pack: downloading 10.0 of 20.0 MB (50%)",
+        "pack: verified sha256 abc...",
+        "teacher a ready on cpu",
+    ]
+    assert ctx.model_state("a") == "ready on cpu"
+    md = ctx.models_markdown()
+    assert (
+        "Teacher `a`" in md and "ready on cpu" in md and "Student `b`" in md and "not loaded" in md
+    )
+    seen.clear()
+    ctx.teacher_model("a", lambda m, f: seen.append((m, f)))
+    assert seen == []  # cached: nothing to report
+
+
+def test_explain_states_the_teachers_time_and_suggests_a_smaller_teacher_on_cpu(world):
+    status, *_, models = call(world["client"], "/explain", *explain_args(world["model"]))
+    assert "the teacher took" in status and "ready on cpu" in models
+    assert "smaller teacher" not in status  # a tiny teacher is fast already
+    slow = explain_tab.timing_note(40.0, 25.0, 1_500_000_000, "cpu")
+    assert "40.0 s" in slow and "25.0 s loading" in slow and "smaller teacher" in slow
+    assert "smaller teacher" not in explain_tab.timing_note(4.0, None, 1_500_000_000, "cuda")
+
+
+def test_preload_loads_both_models_with_terminal_progress(tmp_path):
+    import io
+
+    from app.cli import parse_args, preload
+
+    model = save_tiny_model(tmp_path / "m")
+    ctx = common.AppContext(str(model), str(model), tmp_path / "runs")
+    out = io.StringIO()
+    preload(ctx, out)
+    assert ctx.model_state(str(model)) == "ready on cpu"
+    text = out.getvalue()
+    assert "[preload]" in text and "loading teacher m" in text and "ready on cpu" in text
+    assert parse_args(["--preload"]).preload and not parse_args([]).preload
