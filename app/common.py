@@ -291,6 +291,6 @@ def gradio_progress(progress: gr.Progress) -> Progress:
     """A ``progress(msg, frac)`` callback (packs, load_model) drawn by Gradio's progress bar."""
 
     def note(msg: str, frac: float | None) -> None:
-        progress(frac, desc=msg)
+        progress(0.0 if frac is None else frac, desc=msg)  # Gradio hides a text without one
 
     return note

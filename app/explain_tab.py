@@ -188,7 +188,6 @@ def wire(ctx: AppContext, ui: dict) -> None:
         template, fields = forms.task_fields(kind, q, ch, pr, hy, bo)
         cold = str(teacher).strip() not in ctx.loaded_specs()
         loaded = ctx.teacher_model(teacher, gradio_progress(progress))
-        progress(None, desc="the teacher answers; attributing…")
         result = explain(loaded, fields, template=template, method=meth, top_k=k,
                          answer=(answer or "").strip() or None)  # fmt: skip
         v = explain_view(result, None, lvl)
