@@ -9,40 +9,29 @@ import sys
 
 from explain.packs import DEFAULT_STUDENT, DEFAULT_TEACHER
 
+# (flag, environment variable, default, help): each flag's default comes from its variable.
+FLAGS = [
+    ("--teacher", "KDLENS_TEACHER", DEFAULT_TEACHER,
+     "teacher: pack name, local model folder or hub id"),
+    ("--student", "KDLENS_STUDENT", DEFAULT_STUDENT,
+     "student: pack name, local model folder or hub id"),
+    ("--runs", "KDLENS_RUNS", "runs", "folder for run folders (default ./runs)"),
+    ("--datasets", "KDLENS_DATASETS", None,
+     "folder laid out like shared/datasets, for the demo sets"),
+    ("--host", "KDLENS_HOST", "127.0.0.1", "address to bind (default 127.0.0.1, local only)"),
+]  # fmt: skip
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(description="KD-Lens web app")
-    p.add_argument(
-        "--teacher",
-        default=env("KDLENS_TEACHER", DEFAULT_TEACHER),
-        help="teacher: pack name, local model folder or hub id ($KDLENS_TEACHER)",
-    )
-    p.add_argument(
-        "--student",
-        default=env("KDLENS_STUDENT", DEFAULT_STUDENT),
-        help="student: pack name, local model folder or hub id ($KDLENS_STUDENT)",
-    )
-    p.add_argument(
-        "--runs",
-        default=env("KDLENS_RUNS", "runs"),
-        help="folder for run folders ($KDLENS_RUNS, default ./runs)",
-    )
-    p.add_argument(
-        "--datasets",
-        default=env("KDLENS_DATASETS"),
-        help="folder laid out like shared/datasets, for the demo sets",
-    )
-    p.add_argument(
-        "--host",
-        default=env("KDLENS_HOST", "127.0.0.1"),
-        help="address to bind ($KDLENS_HOST; default 127.0.0.1, local only)",
-    )
+    for flag, var, default, help_ in FLAGS:
+        p.add_argument(flag, default=env(var, default), help=f"{help_} (${var})")
     p.add_argument(
         "--port",
         type=int,
         default=int(env("KDLENS_PORT", "7860")),
-        help="port ($KDLENS_PORT, default 7860)",
+        help="port (default 7860) ($KDLENS_PORT)",
     )
     p.add_argument(
         "--preload",

@@ -96,7 +96,7 @@ def layout(ctx: AppContext, ui: dict, device: str) -> None:
             ui["source"] = gr.Radio(list(DATA_SOURCES), value="demo set", label="Data")
             ui["data_path"] = gr.Textbox(
                 label="Data file path (.jsonl or .csv)", visible=False,
-                info="inside the runs or datasets folder",
+                placeholder="a file inside the runs or datasets folder",
             )  # fmt: skip
             ui["upload"] = gr.File(label="Upload .jsonl/.csv (max 20 MB)", visible=False,
                                    height=140, file_types=list(DATA_SUFFIXES))  # fmt: skip

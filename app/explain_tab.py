@@ -15,7 +15,7 @@ from explain.packs import DEFAULT_STUDENT
 from explain.result import AttributionResult
 
 from . import forms
-from .common import AppContext, error_md, gradio_progress, guarded, one_of, whole
+from .common import AppContext, error_md, gradio_progress, guarded, one_of, short_spec, whole
 from .paths import new_export_folder
 
 ALL_TOKENS = "all"
@@ -85,7 +85,7 @@ def explain_view(
     answer = html.escape(result.answer) or "<em>(empty answer)</em>"
     given = " (given answer)" if result.target == "given" else ""
     info = [
-        f"`{result.model}` · {result.method} · k = {result.settings.get('top_k')} · "
+        f"`{short_spec(result.model)}` · {result.method} · k = {result.settings.get('top_k')} · "
         f"{result.seconds:.2f} s · scores for {scope}",
     ]
     info += [f"⚠ {html.escape(w)}" for w in result.warnings]
@@ -195,7 +195,7 @@ def wire(ctx: AppContext, ui: dict) -> None:
         note = timing_note(result.seconds, load_s, loaded.n_params, loaded.device.type)
         answer_md = v.answer_md + gold_verdict(template, fields, result.answer, gold)
         radio = gr.update(choices=token_choices(result), value=ALL_TOKENS)
-        return (f"{v.info_md}  \n⏱ {note}", answer_md, v.highlight, v.heatmap, v.bar,
+        return (f"{v.info_md}  \nTime: {note}", answer_md, v.highlight, v.heatmap, v.bar,
                 v.rationale, radio, result.to_dict(), ctx.models_markdown(teacher))  # fmt: skip
 
     ui["explain_btn"].click(

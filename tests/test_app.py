@@ -343,7 +343,9 @@ def test_distill_bad_requests_give_messages(world, tmp_path):
     assert is_error(md) and "line 2" in md and "not one of the choices" in md
     txt = tmp_path / "notes.txt"
     txt.write_text("hello")
-    md = call(c, "/distill_start", *start_args(world, source="upload", upload=handle_file(str(txt))))
+    md = call(
+        c, "/distill_start", *start_args(world, source="upload", upload=handle_file(str(txt)))
+    )
     assert is_error(md[0]) and "notes.txt: upload a .jsonl, .json, .csv file" in md[0]
     md = call(c, "/distill_start", *start_args(world, name="../escape"))[0]
     assert is_error(md) and "path separators" in md
