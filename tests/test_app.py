@@ -732,3 +732,18 @@ def test_preload_loads_both_models_with_terminal_progress(tmp_path):
     text = out.getvalue()
     assert "[preload]" in text and "loading teacher m" in text and "ready on cpu" in text
     assert parse_args(["--preload"]).preload and not parse_args([]).preload
+
+
+def test_app_script_and_app_package_live_side_by_side():
+    """``python app.py`` runs the script, whose ``import app`` (like the tests') finds the
+    app/ package: a folder wins over a module of the same name."""
+    import subprocess
+    import sys
+
+    import app
+
+    root = Path(__file__).resolve().parents[1]
+    assert Path(app.__file__) == root / "app" / "__init__.py"
+    out = subprocess.run([sys.executable, "app.py", "--help"], cwd=root, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and "--preload" in out.stdout, out.stderr
