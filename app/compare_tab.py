@@ -215,6 +215,7 @@ def wire(ctx: AppContext, ui: dict) -> None:
     def on_compare(teacher, student, kind, q, ch, pr, hy, bo, gold, runs, meth, k,
                    progress=gr.Progress()):  # fmt: skip
         meth, k = check_settings(meth, k)
+        gold = forms.text(gold, "gold answer")
         template, fields = forms.task_fields(kind, q, ch, pr, hy, bo)
         if isinstance(runs, str):
             runs = [runs]

@@ -27,6 +27,7 @@ from .common import (
 # distill.pipeline once it holds plan/run (helper h-extract) and delete app/distill_job.py.
 from .distill_job import MODES, plan_distill, run_distill
 from .distill_status import RUNNING_STATES, progress_figure, runs_table, status_markdown
+from .forms import text
 from .paths import discard_upload, store_upload
 
 DATA_SOURCES = ("demo set", "path", "upload")
@@ -169,6 +170,7 @@ def wire(ctx: AppContext, ui: dict) -> None:
         if ctx.jobs.busy:
             raise KDLensError("a job is already running; stop it or wait for it to finish")
         s = check_form(tsk, src, mds, n, st, k, bs, rate, meth, tgt)
+        name = text(name, "run name")
         if mds and any(m != "standard" for m in mds):
             ctx.paths.check_model(str(teacher or ""))
         ctx.paths.check_model(str(student or ""))

@@ -185,6 +185,7 @@ def wire(ctx: AppContext, ui: dict) -> None:
         from .compare_tab import gold_verdict
 
         meth, k = check_settings(meth, k, lvl)
+        gold, answer = forms.text(gold, "gold answer"), forms.text(answer, "given answer")
         template, fields = forms.task_fields(kind, q, ch, pr, hy, bo)
         cold = str(teacher).strip() not in ctx.loaded_specs()
         loaded = ctx.teacher_model(teacher, gradio_progress(progress))

@@ -27,11 +27,14 @@ def parse_choices(text: str | list | None) -> list[str]:
     """Choices typed as "a | b | c" or one per line."""
     if isinstance(text, list):
         return [str(c).strip() for c in text if str(c).strip()]
+    if text is not None and not isinstance(text, str):
+        raise InputError(f"choices must be text; got {type(text).__name__}")
     parts = re.split(r"\s*\|\s*|\n", text or "")
     return [p.strip() for p in parts if p.strip()]
 
 
-def _text(value, name: str) -> str:
+def text(value, name: str) -> str:
+    """A text field's value (the API may send anything else)."""
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -49,8 +52,8 @@ def task_fields(
 ) -> tuple[str, dict]:
     """(template, fields) from the input form; raises InputError on an empty or bad input."""
     template = INPUT_KINDS.get(kind, kind) if isinstance(kind, str) else None
-    question, premise = _text(question, "question"), _text(premise, "premise")
-    hypothesis, body = _text(hypothesis, "hypothesis"), _text(body, "body")
+    question, premise = text(question, "question"), text(premise, "premise")
+    hypothesis, body = text(hypothesis, "hypothesis"), text(body, "body")
     if template == "free":
         fields = {"text": question}
     elif template == "cqa":

@@ -605,6 +605,9 @@ def test_a_link_out_of_the_runs_folder_is_refused(world, tmp_path):
         ("/explain", {8: "bogus"}, "unknown attribution method 'bogus'"),
         ("/explain", {1: "Poem"}, "unknown input kind 'Poem'"),
         ("/explain", {11: "pixels"}, "unknown heatmap columns 'pixels'"),
+        ("/explain", {7: 5}, "gold answer must be text"),
+        ("/explain", {3: 7}, "choices must be text"),
+        ("/explain", {0: 3}, "the teacher model must be a spec"),
         ("/overlap_page", "abc", "page must be a whole number of at least 1; got 'abc'"),
         ("/overlap_page", -3, "page must be a whole number"),
         ("/distill_start", {7: "abc"}, "examples must be a whole number"),
@@ -615,6 +618,8 @@ def test_a_link_out_of_the_runs_folder_is_refused(world, tmp_path):
         ("/distill_start", {0: "poetry"}, "unknown task 'poetry'"),
         ("/distill_start", {1: "ftp"}, "unknown data source 'ftp'"),
         ("/distill_start", {13: "oracle"}, "unknown rationale target 'oracle'"),
+        ("/distill_start", {14: 3}, "run name must be text"),
+        ("/distill_start", {2: ["a"], 1: "path"}, "give the path"),
     ],
 )
 def test_api_only_inputs_get_the_uis_message(world, api, args, expect):
