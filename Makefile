@@ -22,7 +22,7 @@ browser:
 	  echo "chromium not installed: browser tests will be skipped"
 
 run: setup
-	$(BIN)/python app.py
+	$(BIN)/python app.py --preload
 
 test: setup browser
 	$(BIN)/python -m pytest

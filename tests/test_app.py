@@ -1,5 +1,5 @@
-"""The app through gradio_client (a launched app on tiny random models), and its glue
-functions (distill.app_service) directly.
+"""The app through gradio_client (a launched app on tiny random models), and the functions
+of its tab modules (the app/ package) directly.
 
 The app runs in this process on a free port; models are a tiny random Llama saved to a
 temporary folder (loaded by the real ``load_model``), data is ten tiny CQA records.
@@ -17,7 +17,17 @@ from pathlib import Path
 import pytest
 import tiny
 
-from distill import app_service as svc
+from app import (
+    common,
+    compare_tab,
+    distill_job,
+    distill_status,
+    distill_tab,
+    explain_tab,
+    forms,
+    overlap_tab,
+)
+from explain.errors import KDLensError
 
 ITEMS = tiny.CQA_ITEMS
 QUESTION = ("Where would you put a plate after washing it?", "cupboard | table | sink")
@@ -150,6 +160,7 @@ def test_explain_returns_answer_figures_and_rationale(world):
         bar,
         rat,
         token,
+        models,
     ) = call(c, "/explain", *explain_args(world["model"]))
     assert not is_error(status) and "saliency" in status
     assert answer.startswith("**Teacher's answer")
@@ -244,16 +255,16 @@ def test_gold_answer_marks_the_teachers_answer(world):
 
 
 def test_switching_teacher_frees_the_old_one(tmp_path):
-    ctx = svc.AppContext("a", "b", tmp_path, model_loader=lambda spec, **kw: tiny.loaded())
+    ctx = common.AppContext("a", "b", tmp_path, model_loader=lambda spec, **kw: tiny.loaded())
     ctx.teacher_model("a")
     ctx.student_model("b")
     assert ctx.teacher_model("a") is ctx.teachers.get("a")  # cached
     ctx.teacher_model("c")
     assert ctx.teachers.loaded_specs() == ["c"] and ctx.students.loaded_specs() == ["b"]
     assert ctx.student_model("c") is ctx.teachers.get("c")  # shared, not loaded again
-    with pytest.raises(svc.KDLensError, match="no teacher model"):
+    with pytest.raises(KDLensError, match="no teacher model"):
         ctx.teacher_model(" ")
-    with pytest.raises(svc.KDLensError, match="not an existing folder"):
+    with pytest.raises(KDLensError, match="not an existing folder"):
         ctx.teacher_model(str(tmp_path / "typo" / "model"))
     assert ctx.teachers.loaded_specs() == ["c"]  # a mistyped spec evicts nothing
 
@@ -267,8 +278,8 @@ def test_compare_student_modes_and_runs_side_by_side(world):
     run = str(world["train_dir"])
     out = call(c, "/compare", str(world["model"]), str(world["model"]), "Multiple choice",
                QUESTION[0], QUESTION[1], "", "", "", "cupboard", [run], "saliency", 3)  # fmt: skip
-    status, cards, table = out
-    assert not is_error(status)
+    status, cards, table, models = out
+    assert not is_error(status) and "ready on cpu" in models
     rows = table["data"]
     assert [r[0] for r in rows] == ["student, no rationale",
                                     "student + teacher rationale (hint)",
@@ -286,9 +297,11 @@ def test_compare_bad_input_and_unusable_run(world, tmp_path):
                "", "a | b", "", "", "", "", [], "saliency", 3)  # fmt: skip
     assert is_error(out[0]) and "question is empty" in out[0]
     # A folder that is no finished run: its row says so, the others still answer.
+    not_a_run = world["runs"] / "not-a-run"
+    not_a_run.mkdir(exist_ok=True)
     out = call(c, "/compare", str(world["model"]), str(world["model"]), "Premise / hypothesis",
                "", "", "A man plays a guitar.", "A person makes music.", "", "",
-               [str(tmp_path)], "saliency", 2)  # fmt: skip
+               [str(not_a_run)], "saliency", 2)  # fmt: skip
     rows = out[2]["data"]
     assert rows[-1][-1].startswith("not finished") and rows[0][4] is None  # no gold: no verdict
 
@@ -307,7 +320,7 @@ def start_args(world, source="path", path=None, upload=None, modes=("standard",)
 def wait_job(c, until: tuple[str, ...], timeout: float = 90) -> str:
     end = time.time() + timeout
     while time.time() < end:
-        md = call(c, "/distill_status", [], None)[0]
+        md = call(c, "/distill_status", [], None, "", "")[0]
         if md.startswith(tuple(f"**{s}**" for s in until)):
             return md
         time.sleep(0.3)
@@ -320,7 +333,8 @@ def test_distill_bad_requests_give_messages(world, tmp_path):
     c = world["client"]
     md = call(c, "/distill_start", *start_args(world, modes=()))[0]
     assert is_error(md) and "at least one mode" in md
-    md = call(c, "/distill_start", *start_args(world, source="path", path=tmp_path / "x.jsonl"))[0]
+    missing = world["data"].parent / "x.jsonl"
+    md = call(c, "/distill_start", *start_args(world, source="path", path=missing))[0]
     assert is_error(md) and "not found" in md
     bad = tmp_path / "bad.csv"
     bad.write_text("question,choices,answer\nWhere?,a|b,zebra\n")
@@ -329,8 +343,10 @@ def test_distill_bad_requests_give_messages(world, tmp_path):
     assert is_error(md) and "line 2" in md and "not one of the choices" in md
     txt = tmp_path / "notes.txt"
     txt.write_text("hello")
-    with pytest.raises(Exception):  # noqa: B017 - gradio refuses the file type itself
-        call(c, "/distill_start", *start_args(world, source="upload", upload=handle_file(str(txt))))
+    md = call(
+        c, "/distill_start", *start_args(world, source="upload", upload=handle_file(str(txt)))
+    )
+    assert is_error(md[0]) and "notes.txt: upload a .jsonl, .json, .csv file" in md[0]
     md = call(c, "/distill_start", *start_args(world, name="../escape"))[0]
     assert is_error(md) and "path separators" in md
 
@@ -426,74 +442,78 @@ def test_overlap_bad_file_gives_a_message(world, tmp_path):
 
 
 def test_task_fields_and_choices():
-    assert svc.parse_choices("a | b\nc||") == ["a", "b", "c"]
-    t, f = svc.task_fields("Multiple choice", "Q?", "x|y")
+    assert forms.parse_choices("a | b\nc||") == ["a", "b", "c"]
+    t, f = forms.task_fields("Multiple choice", "Q?", "x|y")
     assert t == "cqa" and f == {"question": "Q?", "choices": ["x", "y"]}
-    assert svc.task_fields("Math word problem", "How many?", body="Sam has 3.")[0] == "svamp"
-    with pytest.raises(svc.KDLensError, match="unknown input kind"):
-        svc.task_fields("Poem", "x")
-    with pytest.raises(svc.KDLensError, match="Compare needs a task input"):
-        svc.compare_task("free")
-    assert svc.compare_task("nli") == "esnli" and svc.compare_task("nli", "anli1") == "anli1"
+    assert forms.task_fields("Math word problem", "How many?", body="Sam has 3.")[0] == "svamp"
+    with pytest.raises(KDLensError, match="unknown input kind"):
+        forms.task_fields("Poem", "x")
+    with pytest.raises(KDLensError, match="Compare needs a task input"):
+        compare_tab.compare_task("free")
+    assert (
+        compare_tab.compare_task("nli") == "esnli"
+        and compare_tab.compare_task("nli", "anli1") == "anli1"
+    )
 
 
 def test_examples_rows_fill_every_form_field():
     from explain.examples import load_examples
 
-    rows, labels = svc.example_rows(load_examples())
+    rows, labels = forms.example_rows(load_examples())
     assert len(rows) == len(labels) > 0
-    assert all(len(r) == 7 and r[0] in svc.INPUT_KINDS and r[6] for r in rows)
+    assert all(len(r) == 7 and r[0] in forms.INPUT_KINDS and r[6] for r in rows)
 
 
 def test_token_views_and_segments():
     from explain.pipeline import explain
 
     res = explain(tiny.loaded("llama"), {"text": "Sam had apples"}, max_new_tokens=3)
-    assert [v for _, v in svc.token_choices(res)][:2] == ["all", "0"]
-    assert svc.pick_token(res, "all") is res
-    assert svc.pick_token(res, "1").settings["output_token"] == 1
-    with pytest.raises(svc.KDLensError, match="out of range"):
-        svc.pick_token(res, "99")
-    segs = svc._segments([(1, 3.0), (2, 2.0), (1, 4.0), (2, 1.0)], ["standard"])
+    assert [v for _, v in explain_tab.token_choices(res)][:2] == ["all", "0"]
+    assert explain_tab.pick_token(res, "all") is res
+    assert explain_tab.pick_token(res, "1").settings["output_token"] == 1
+    with pytest.raises(KDLensError, match="out of range"):
+        explain_tab.pick_token(res, "99")
+    segs = distill_status._segments([(1, 3.0), (2, 2.0), (1, 4.0), (2, 1.0)], ["standard"])
     assert [(n, x) for n, x, _ in segs] == [("standard", [1, 2]), ("run 2", [1, 2])]
 
 
 def test_status_markdown_and_progress_figure():
-    assert "No job yet" in svc.status_markdown({"state": "idle"})
+    assert "No job yet" in distill_status.status_markdown({"state": "idle"})
     st = {"state": "running", "stage": "train standard (1/1): training", "step": 3, "total": 10,
           "examples_per_s": 2.5, "eta_s": 75, "losses": [(1, 2.0), (2, 1.5)], "dev": [(2, 0.5)],
           "message": "", "error": None, "run_dir": "/r"}  # fmt: skip
-    md = svc.status_markdown(st, "CPU")
+    md = distill_status.status_markdown(st, "CPU")
     assert "step 3/10" in md and "2.50 examples/s" in md and "ETA 1 min 15 s" in md
-    fig = svc.progress_figure(st, ["standard"])
+    fig = distill_status.progress_figure(st, ["standard"])
     assert [t.name for t in fig.data] == ["standard loss", "standard dev acc"]
     failed = dict(st, state="failed", error="boom")
-    assert "⚠ boom" in svc.status_markdown(failed)
+    assert "⚠ boom" in distill_status.status_markdown(failed)
 
 
 def test_plan_and_data_validation(tmp_path):
     data = write_cqa(tmp_path / "ds")
-    plan = svc.plan_distill(tmp_path, "cqa", data, "t", "s", ["saliency", "standard"], 10, 2, 2,
-                            3, name="p")  # fmt: skip
+    modes = ["saliency", "standard"]
+    plan = distill_job.plan_distill(tmp_path, "cqa", data, "t", "s", modes, 10, 2, 2, 3, name="p")
     assert plan.modes == ["standard", "saliency"]  # training order follows MODES
     assert plan.extract_dir.endswith("p-extract") and set(plan.run_dirs) == set(plan.modes)
-    with pytest.raises(svc.KDLensError, match="dss needs"):
-        svc.plan_distill(tmp_path, "cqa", data, "t", "s", ["dss"], 10, 2, 2, 3)
-    with pytest.raises(svc.KDLensError, match="size must be at least"):
-        svc.plan_distill(tmp_path, "cqa", data, "t", "s", ["standard"], 1, 2, 2, 3)
-    assert svc.resolve_data("cqa", "demo set", None, None, tmp_path, tmp_path / "ds") == data
-    with pytest.raises(svc.KDLensError, match="demo set for svamp is not here"):
-        svc.resolve_data("svamp", "demo set", None, None, tmp_path, tmp_path / "ds")
-    stored = svc.resolve_data("cqa", "upload", None, str(data), tmp_path, None)
-    assert stored.parent == tmp_path / "uploads" and stored.read_bytes() == data.read_bytes()
-    with pytest.raises(svc.KDLensError, match="give the path"):
-        svc.resolve_data("cqa", "path", " ", None, tmp_path)
+    with pytest.raises(KDLensError, match="dss needs"):
+        distill_job.plan_distill(tmp_path, "cqa", data, "t", "s", ["dss"], 10, 2, 2, 3)
+    with pytest.raises(KDLensError, match="size must be at least"):
+        distill_job.plan_distill(tmp_path, "cqa", data, "t", "s", ["standard"], 1, 2, 2, 3)
+    ctx = common.AppContext("t", "s", tmp_path / "runs", data_root=tmp_path / "ds")
+    assert distill_tab.resolve_data(ctx, "cqa", "demo set", None, None) == data
+    with pytest.raises(KDLensError, match="demo set for svamp is not here"):
+        distill_tab.resolve_data(ctx, "svamp", "demo set", None, None)
+    stored = distill_tab.resolve_data(ctx, "cqa", "upload", None, str(data))
+    assert stored.parent == ctx.runs_root / "uploads" and stored.read_bytes() == data.read_bytes()
+    with pytest.raises(KDLensError, match="give the path"):
+        distill_tab.resolve_data(ctx, "cqa", "path", " ", None)
 
 
 def test_default_sizes_are_small_on_cpu():
-    cpu = svc.default_sizes(gpu=False)
+    cpu = distill_tab.default_sizes(gpu=False)
     assert cpu["limit"] <= 32 and cpu["steps"] <= 20
-    assert svc.default_sizes(gpu=True)["steps"] > cpu["steps"]
+    assert distill_tab.default_sizes(gpu=True)["steps"] > cpu["steps"]
 
 
 def test_overlap_page_filters_and_marks_words():
@@ -501,10 +521,10 @@ def test_overlap_page_filters_and_marks_words():
             {"id": "b", "rationale": ["sink"], "gold": "sink", "hit": True}]  # fmt: skip
     recs = [{"fields": {"question": "Where is a plate?", "choices": ["cupboard", "sink"]}},
             {"fields": {"question": "Wash in the sink", "choices": ["sink", "bed"]}}]  # fmt: skip
-    html_, pages = svc.overlap_page(rows, recs, show="hits")
+    html_, pages = overlap_tab.overlap_page(rows, recs, show="hits")
     assert pages == 1 and ">b<" in html_ and ">a<" not in html_
     assert '<span class="kd-r kd-g">sink</span>' in html_
-    html_, _ = svc.overlap_page(rows, recs, page=9, per_page=1)
+    html_, _ = overlap_tab.overlap_page(rows, recs, page=9, per_page=1)
     assert "page 2 of 2" in html_
 
 
@@ -519,3 +539,216 @@ def test_cli_flags_and_env_overrides(monkeypatch):
     args = app.parse_args(["--student", "s", "--host", "0.0.0.0"])
     assert (args.teacher, args.student, args.port, args.runs, args.host) == (
         "/models/t", "s", 9999, "/tmp/r", "0.0.0.0")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Hardening: typed paths, API-only inputs, analytics, clean-up (issue 9)
+
+
+def test_analytics_are_off_by_default(world):
+    import os
+
+    assert world["demo"].analytics_enabled is False
+    assert os.environ.get("GRADIO_ANALYTICS_ENABLED") == "False"
+
+
+def _outside_message(md: str, typed: Path) -> str:
+    """The message with the typed path blanked, to compare a file that exists with one that
+    does not."""
+    return md.replace(repr(str(typed)), "<path>")
+
+
+@pytest.mark.parametrize("which", ["distill path", "overlap path", "compare run", "model"])
+def test_typed_paths_outside_the_allowed_folders_are_refused_alike(world, tmp_path, which):
+    """A secret file outside the runs/datasets folders (and one that does not exist) get the
+    same one-line refusal: no content is read and nothing tells whether it exists."""
+    secret = tmp_path / "secret" / "id_rsa.jsonl"
+    secret.parent.mkdir()
+    secret.write_text('{"id": "x"}\n')
+    (secret.parent / "config.json").write_text("{}")
+    c, model = world["client"], str(world["model"])
+    outs = []
+    for typed in (secret, tmp_path / "secret" / "missing.jsonl"):
+        if which == "distill path":
+            md = call(c, "/distill_start", *start_args(world, source="path", path=typed))[0]
+        elif which == "overlap path":
+            md = call(c, "/overlap", str(typed), None, "all")[0]
+        elif which == "compare run":
+            md = call(c, "/compare", model, model, "Multiple choice", QUESTION[0], QUESTION[1],
+                      "", "", "", "", [str(typed.parent)], "saliency", 3)[0]  # fmt: skip
+            typed = typed.parent
+        else:
+            md = call(c, "/explain", *explain_args(typed.parent))[0]
+            typed = typed.parent
+        assert is_error(md) and "not inside the runs folder" in md, md
+        assert "malformed" not in md and "not found" not in md and "config.json" not in md
+        outs.append(_outside_message(md, typed))
+    assert outs[0] == outs[1]
+
+
+def test_a_link_out_of_the_runs_folder_is_refused(world, tmp_path):
+    secret = tmp_path / "shadow.jsonl"
+    secret.write_text("root:x:0:0\n")
+    link = world["runs"] / "innocent.jsonl"
+    link.symlink_to(secret)
+    md = call(world["client"], "/overlap", str(link), None, "all")[0]
+    link.unlink()
+    assert is_error(md) and "not inside the runs folder" in md and "root:x" not in md
+
+
+@pytest.mark.parametrize(
+    ("api", "args", "expect"),
+    [
+        ("/explain", {9: "abc"}, "k must be a whole number from 1 to 20; got 'abc'"),
+        ("/explain", {9: 0}, "k must be a whole number from 1 to 20"),
+        ("/explain", {9: 2.5}, "k must be a whole number"),
+        ("/explain", {8: "bogus"}, "unknown attribution method 'bogus'"),
+        ("/explain", {1: "Poem"}, "unknown input kind 'Poem'"),
+        ("/explain", {11: "pixels"}, "unknown heatmap columns 'pixels'"),
+        ("/explain", {7: 5}, "gold answer must be text"),
+        ("/explain", {3: 7}, "choices must be text"),
+        ("/explain", {0: 3}, "the teacher model must be a spec"),
+        ("/overlap_page", "abc", "page must be a whole number of at least 1; got 'abc'"),
+        ("/overlap_page", -3, "page must be a whole number"),
+        ("/distill_start", {7: "abc"}, "examples must be a whole number"),
+        ("/distill_start", {8: "abc"}, "steps must be a whole number"),
+        ("/distill_start", {11: "nan"}, "learning rate must be a number above 0"),
+        ("/distill_start", {11: "inf"}, "learning rate must be a number above 0"),
+        ("/distill_start", {6: ["standard", "magic"]}, "unknown mode 'magic'"),
+        ("/distill_start", {0: "poetry"}, "unknown task 'poetry'"),
+        ("/distill_start", {1: "ftp"}, "unknown data source 'ftp'"),
+        ("/distill_start", {13: "oracle"}, "unknown rationale target 'oracle'"),
+        ("/distill_start", {14: 3}, "run name must be text"),
+        ("/distill_start", {2: ["a"], 1: "path"}, "give the path"),
+    ],
+)
+def test_api_only_inputs_get_the_uis_message(world, api, args, expect):
+    """Values the UI cannot send (a word as k, a page 'abc') come back as the same one-line
+    message, not Gradio's generic error."""
+    c = world["client"]
+    if api == "/explain":
+        full = list(explain_args(world["model"]))
+    elif api == "/distill_start":
+        full = list(start_args(world, name="api-bad"))
+    else:
+        full = [args, "all"]
+        args = {}
+    for i, v in args.items():
+        full[i] = v
+    md = call(c, api, *full)[0]
+    assert is_error(md) and expect in md, md
+    assert not (world["runs"] / "api-bad-standard").exists()
+
+
+def test_a_rejected_upload_leaves_nothing_behind(world, tmp_path):
+    import uuid
+
+    from gradio_client import handle_file
+
+    from app.paths import upload_root
+
+    name = f"rejected-{uuid.uuid4().hex[:8]}.csv"
+    bad = tmp_path / name
+    bad.write_text("question,choices,answer\nWhere?,a|b,zebra\n")
+    before = set((world["runs"] / "uploads").glob("*"))
+    md = call(world["client"], "/distill_start",
+              *start_args(world, source="upload", upload=handle_file(str(bad))))[0]  # fmt: skip
+    assert is_error(md) and "not one of the choices" in md
+    assert set((world["runs"] / "uploads").glob("*")) == before  # no stored copy
+    assert not list(upload_root().rglob(name))  # nor Gradio's own copy
+    bad_rat = tmp_path / f"r-{uuid.uuid4().hex[:8]}.jsonl"
+    bad_rat.write_text("not json\n")
+    md = call(world["client"], "/overlap", None, handle_file(str(bad_rat)), "all")[0]
+    assert is_error(md) and not list(upload_root().rglob(bad_rat.name))
+
+
+def test_old_exports_are_removed(world):
+    import os
+
+    from app.paths import EXPORT_TTL_S
+
+    root = world["demo"].kdlens.exports_root
+    old = root / "20200101-000000-1"
+    old.mkdir(parents=True, exist_ok=True)
+    (old / "kdlens-saliency.json").write_text("{}")
+    stale = time.time() - EXPORT_TTL_S - 60
+    os.utime(old, (stale, stale))
+    c = world["client"]
+    call(c, "/explain", *explain_args(world["model"]))
+    files = call(c, "/export", "all")[1]["value"]
+    assert not old.exists()
+    assert all(Path(f).is_file() for f in files)  # the new export stays
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress and model states (issue 10)
+
+
+def test_first_load_reports_progress_and_states(tmp_path):
+    """The callback gets the loader's own messages (pack download, checksum, conversion) and
+    the app's (loading, ready on a device); the state reads loading during the load."""
+    seen, states = [], []
+
+    def loader(spec, progress=None, **kw):
+        states.append(ctx.model_state(spec))
+        progress("pack: downloading 10.0 of 20.0 MB (50%)", 0.5)
+        progress("pack: verified sha256 abc...", 1.0)
+        return tiny.loaded()
+
+    ctx = common.AppContext("a", "b", tmp_path, model_loader=loader)
+    assert ctx.model_state("a") == "not loaded"
+    ctx.teacher_model("a", lambda m, f: seen.append((m, f)))
+    assert states == ["loading…"]
+    assert [m for m, _ in seen] == [
+        "loading teacher a…",
+        "pack: downloading 10.0 of 20.0 MB (50%)",
+        "pack: verified sha256 abc...",
+        "teacher a ready on cpu",
+    ]
+    assert ctx.model_state("a") == "ready on cpu"
+    md = ctx.models_markdown()
+    assert (
+        "Teacher `a`" in md and "ready on cpu" in md and "Student `b`" in md and "not loaded" in md
+    )
+    seen.clear()
+    ctx.teacher_model("a", lambda m, f: seen.append((m, f)))
+    assert seen == []  # cached: nothing to report
+
+
+def test_explain_states_the_teachers_time_and_suggests_a_smaller_teacher_on_cpu(world):
+    status, *_, models = call(world["client"], "/explain", *explain_args(world["model"]))
+    assert "the teacher took" in status and "ready on cpu" in models
+    assert "smaller teacher" not in status  # a tiny teacher is fast already
+    slow = explain_tab.timing_note(40.0, 25.0, 1_500_000_000, "cpu")
+    assert "40.0 s" in slow and "25.0 s loading" in slow and "smaller teacher" in slow
+    assert "smaller teacher" not in explain_tab.timing_note(4.0, None, 1_500_000_000, "cuda")
+
+
+def test_preload_loads_both_models_with_terminal_progress(tmp_path):
+    import io
+
+    from app.cli import parse_args, preload
+
+    model = save_tiny_model(tmp_path / "m")
+    ctx = common.AppContext(str(model), str(model), tmp_path / "runs")
+    out = io.StringIO()
+    preload(ctx, out)
+    assert ctx.model_state(str(model)) == "ready on cpu"
+    text = out.getvalue()
+    assert "[preload]" in text and "loading teacher m" in text and "ready on cpu" in text
+    assert parse_args(["--preload"]).preload and not parse_args([]).preload
+
+
+def test_app_script_and_app_package_live_side_by_side():
+    """``python app.py`` runs the script, whose ``import app`` (like the tests') finds the
+    app/ package: a folder wins over a module of the same name."""
+    import subprocess
+    import sys
+
+    import app
+
+    root = Path(__file__).resolve().parents[1]
+    assert Path(app.__file__) == root / "app" / "__init__.py"
+    out = subprocess.run([sys.executable, "app.py", "--help"], cwd=root, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and "--preload" in out.stdout, out.stderr

@@ -192,3 +192,62 @@ def test_narrow_screen_keeps_the_heatmap_scrollable(browser, app_url):
     assert page_width <= 390 + 2  # ...not the page
     shot(page, "explain-narrow")
     ctx.close()
+
+
+@pytest.fixture
+def cold_app(tmp_path):
+    """A second app whose teacher is not loaded yet; its loader reports a step and takes two
+    seconds (a slow disk), so the page has time to show what happens before the answer."""
+    import time
+
+    from test_app import launch, save_tiny_model, write_cqa
+
+    from explain.models import load_model
+
+    def slow_loader(spec, progress=None, **kw):
+        if progress:
+            progress("tiny-llama: reading the weights from disk", 0.5)
+        time.sleep(2.0)
+        return load_model(spec, progress=progress, **kw)
+
+    model = save_tiny_model(tmp_path / "cold-llama")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    demo, url = launch(model, runs, write_cqa(tmp_path / "datasets").parents[1], slow_loader)
+    yield url
+    demo.close()
+
+
+def test_first_explain_shows_loading_progress_before_the_answer(browser, cold_app):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = ctx.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(cold_app)
+    page.locator("#kd-explain").wait_for()
+    assert "not loaded" in page.locator("#kd-models").inner_text()
+    # Record every text the page shows, in order, from before the click.
+    page.evaluate(
+        "() => { window.kdSeen = []; const seen = new Set();"
+        " new MutationObserver(() => { const t = document.body.innerText;"
+        "   for (const line of t.split('\\n')) if (!seen.has(line)) {"
+        "     seen.add(line); window.kdSeen.push(line); } })"
+        " .observe(document.body, {subtree: true, childList: true, characterData: true}); }"
+    )
+    visible(page, "Question").fill("Where would you put a plate after washing it?")
+    visible(page, "Choices (separate with | or new lines)").fill("cupboard | table | sink")
+    page.locator("#kd-explain").click()
+    page.locator("#kd-answer").filter(has_text="Teacher's answer").wait_for()
+    seen = page.evaluate("() => window.kdSeen")
+    # The loader's progress (its text and percent, Gradio's bar) and the header's model state
+    # appear before the answer. (The app's own "loading teacher …" line is replaced at once by
+    # the loader's first message here; the callback test checks the whole sequence.)
+    keys = ("reading the weights from disk - 50.0%", "Teacher cold-llama: loading…")
+    first = {key: next((i for i, s in enumerate(seen) if key in s), None)
+             for key in (*keys, "Teacher's answer")}  # fmt: skip
+    assert first["Teacher's answer"] is not None
+    for key in keys:
+        assert first[key] is not None and first[key] < first["Teacher's answer"], (key, seen)
+    page.locator("#kd-models").filter(has_text="ready on cpu").wait_for()
+    assert "the teacher took" in page.locator("#kd-explain-status").inner_text()
+    shot(page, "explain-cold")
+    ctx.close()
