@@ -335,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--top-k", type=int, default=5)
     e.add_argument("--target", choices=["generated", "gold"], default="generated")
     e.add_argument("--batch-size", type=int, default=4)
-    e.add_argument("--max-new-tokens", type=int, default=16)
+    e.add_argument("--max-new-tokens", type=int, help="generation cap (default: the task's "
+                   "longest gold answer + 8 tokens)")  # fmt: skip
     e.add_argument("--steps", type=int, help="integrated_gradients steps")
     e.add_argument(
         "--rows",

@@ -24,6 +24,7 @@ import torch
 
 from explain.attr import Scorer, collate
 from explain.errors import KDLensError
+from explain.formatting import answer_budget
 from explain.models import LoadedModel
 from explain.pipeline import explain_batch
 from explain.result import AttributionResult
@@ -107,7 +108,7 @@ def validate_settings(
     top_k: int = 5,
     target: str = "generated",
     batch_size: int = 4,
-    max_new_tokens: int = 16,
+    max_new_tokens: int | None = None,
     faithfulness_limit: int | None = None,
     rows: str = "answer",
 ) -> None:
@@ -119,6 +120,8 @@ def validate_settings(
         raise ExtractError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     for name, value in (("top-k", top_k), ("batch size", batch_size),
                         ("max new tokens", max_new_tokens)):  # fmt: skip
+        if value is None and name == "max new tokens":  # the task's cap, from its answers
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ExtractError(f"{name} must be a whole number of at least 1, got {value!r}")
     if target not in TARGETS:
@@ -252,7 +255,7 @@ def extract(
     top_k: int = 5,
     target: str = "generated",
     batch_size: int = 4,
-    max_new_tokens: int = 16,
+    max_new_tokens: int | None = None,
     with_faithfulness: bool = True,
     faithfulness_limit: int | None = None,
     rows: str = "answer",
@@ -279,6 +282,9 @@ def extract(
         examples, task, method, top_k, target, batch_size, max_new_tokens, faithfulness_limit, rows
     )
     spec = get_task(task)
+    if max_new_tokens is None:  # the task's cap: its longest gold answer or option + a margin
+        answers = [e.label for e in examples] + [o for e in examples for o in (e.options or [])]
+        max_new_tokens = answer_budget(teacher, answers)
     run = RunDir(out_dir)
     settings = {
         "kind": "extract",

@@ -6,7 +6,6 @@ the app build one here. Everything is checked before any model load or folder cr
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from explain.errors import KDLensError
 from explain.packs import DEFAULT_STUDENT, DEFAULT_TEACHER
 
 from .data import default_path, get_task
+from .datasets import datasets_dir
 from .modes import MODES
 from .rationales import TARGETS
 
@@ -21,7 +21,6 @@ from .rationales import TARGETS
 NEEDS_RATIONALES = tuple(name for name, mode in MODES.items() if mode.needs == "teacher")
 
 # Where the bundled datasets live: <repo>/../shared/datasets, or $KDLENS_DATASETS.
-SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 class PlanError(KDLensError):
@@ -65,8 +64,7 @@ def default_modes() -> list[str]:
 
 
 def default_data(task: str) -> str:
-    root = Path(os.environ.get("KDLENS_DATASETS") or SHARED_DATASETS)
-    return str(default_path(task, root))
+    return str(default_path(task, datasets_dir()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,7 +94,7 @@ class Plan:
     batch_size: int = 8
     lr: float = 1e-4
     extract_batch: int = 4
-    max_new_tokens: int = 16
+    max_new_tokens: int | None = None  # generation cap; None: the task's longest answer + 8
     faithfulness_limit: int | None = 0  # ERASER figures on the first N extracted examples
     dev_limit: int | None = 100
     zero_shot: bool = True  # evaluate the untrained student too (the baseline to beat)
@@ -160,8 +158,9 @@ def validate(plan: Plan) -> None:
         raise PlanError(f"unknown attribution method {plan.method!r}")
     _positive("train size", plan.train_size, allow_none=True)
     _positive("dev size", plan.dev_size)
-    for name in ("top_k", "batch_size", "extract_batch", "max_new_tokens"):
+    for name in ("top_k", "batch_size", "extract_batch"):
         _positive(name.replace("_", " "), getattr(plan, name))
+    _positive("max new tokens", plan.max_new_tokens, allow_none=True)
     _positive("steps", plan.steps, allow_none=True)
     _positive("dev limit", plan.dev_limit, allow_none=True)
     _positive("test limit", plan.test_limit, allow_none=True)
