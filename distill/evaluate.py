@@ -2,8 +2,11 @@
 
 Prompts come from :func:`distill.train.format_example`, so evaluation sees exactly what
 training fed the student. Generation accuracy is exact match after normalisation
-(:func:`distill.metrics.score_answer`); for tasks with a closed answer set the options are
-also ranked by the summed log-likelihood of their text as the target (choice accuracy).
+(:func:`distill.metrics.score_answer`). For tasks with a closed answer set the options are
+also ranked by their log-likelihood as the target, two ways, as lm-evaluation-harness reports
+``acc`` and ``acc_norm``: summed (``choice_accuracy_sum``; favours short options) and divided by
+the option's length in characters (``choice_accuracy``, the headline). Options are scored from
+one pass over the shared prompt (:func:`option_logprobs`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import torch
 from explain.attr.scoring import Scorer, collate
 from explain.models import LoadedModel, load_model
 from explain.pipeline import generate
-from explain.templates import get_template
 
 from .runs import RunDir, atomic_write_text
 from .train import MODES, TrainError, encode_source, encode_target, format_example
@@ -32,9 +34,10 @@ class EvalResult:
     ci_low: float
     ci_high: float
     n: int
-    choice_accuracy: float | None
+    choice_accuracy: float | None  # options ranked by length-normalised log-likelihood
     predictions: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    choice_accuracy_sum: float | None = None  # options ranked by summed log-likelihood
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -45,8 +48,8 @@ class Prediction:
     answer: str
     probability: float
     correct: bool | None
-    choice: str | None = None  # the option ranked first by likelihood (tasks with options)
-    choice_probs: dict[str, float] | None = None
+    choice: str | None = None  # the option ranked first by length-normalised likelihood
+    choice_probs: dict[str, float] | None = None  # softmax over the options' summed log-likelihoods
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,12 +144,150 @@ def target_logprobs(
     return out
 
 
+def _group_rows(idx: list[int], counts: list[int]) -> list[int]:
+    """Row -> its question's position in the group, each question repeated per option."""
+    return [k for k, n in zip(range(len(idx)), counts) for _ in range(n)]
+
+
+def _picked(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def option_logprobs(
+    loaded: LoadedModel,
+    sources: list[list[int]],
+    options: list[list[list[int]]],
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[list[list[float]]]:
+    """Per question, per option: the option tokens' log-probabilities given the question's prompt.
+
+    The prompt is run once per question, and all its options are scored from that pass: for
+    decoder-only models from its key/value cache (repeated over the options), for
+    encoder-decoders from its encoder states. Equal (to float rounding) to scoring each option
+    after its own full prompt (:func:`target_logprobs`), with about 1/n_options of the work.
+    ``batch_size`` counts questions per pass.
+    """
+    if any(len(o) == 0 for opts in options for o in opts):
+        raise ValueError("every option needs at least one token")
+    out: list[list[list[float]]] = [[] for _ in sources]
+    pad = loaded.tokenizer.pad_token_id
+    model, dev = loaded.model, loaded.device
+    done = 0
+    with _EvalMode(model):
+        for group in _length_batches([len(s) for s in sources], batch_size):
+            done += len(group)
+            group = [i for i in group if options[i]]
+            if not group:
+                continue
+            counts = [len(options[i]) for i in group]
+            rows = _group_rows(group, counts)
+            opts = [o for i in group for o in options[i]]
+            batch = collate(
+                [sources[i] for i in group],
+                [[pad]] * len(group),  # the options follow below
+                pad,
+                left_pad_prompts=not loaded.is_encoder_decoder,
+            )
+            pids, pmask = batch.prompt_ids.to(dev), batch.prompt_mask.to(dev)
+            optb = collate([[pad]] * len(opts), opts, pad, left_pad_prompts=False)
+            oids, omask = optb.answer_ids.to(dev), optb.answer_mask.to(dev)
+            sel = torch.tensor(rows, device=dev)
+            if loaded.is_encoder_decoder:
+                picked = _encdec_options(model, pids, pmask, oids, omask, sel)
+            else:
+                picked = _decoder_options(model, pids, pmask, oids, omask, sel)
+            picked = picked.cpu()
+            r = 0
+            for i, n in zip(group, counts):
+                out[i] = [picked[r + k, : len(options[i][k])].tolist() for k in range(n)]
+                r += n
+            if progress:
+                progress(done, len(sources))
+    return out
+
+
+def _decoder_options(model, pids, pmask, oids, omask, sel) -> torch.Tensor:
+    """Option-token log-probs [R, T]: one prompt pass with cache, then all options from it."""
+    # Left padding: positions count real tokens only, as in an unpadded run.
+    pos = (pmask.cumsum(-1) - 1).clamp(min=0)
+    full = bool(pmask.all())
+    first = model(
+        input_ids=pids,
+        attention_mask=None if full else pmask,
+        position_ids=pos,
+        use_cache=True,
+        logits_to_keep=1,  # only the last prompt position predicts the options' first token
+    )
+    cache = first.past_key_values
+    cache.reorder_cache(sel)  # each question's cache repeated once per option
+    plen = pmask.sum(-1)[sel]
+    t = oids.shape[1]
+    opos = plen[:, None] + torch.arange(t, device=oids.device)[None, :]
+    mask = torch.cat([pmask[sel], omask], dim=1)
+    # The last option position predicts nothing we score: keep the logits of the other T-1.
+    rest = model(
+        input_ids=oids,
+        attention_mask=mask,
+        position_ids=opos,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=t,
+    ).logits[:, :-1]
+    logits = torch.cat([first.logits[:, -1:][sel], rest], dim=1)
+    return _picked(logits, oids) * omask
+
+
+def _encdec_options(model, pids, pmask, oids, omask, sel) -> torch.Tensor:
+    """Option-token log-probs [R, T]: the encoder once per question, the decoder per option."""
+    enc = model.get_encoder()(input_ids=pids, attention_mask=pmask)
+    enc.last_hidden_state = enc.last_hidden_state[sel]
+    if hasattr(model, "_shift_right"):
+        dec_in = model._shift_right(oids)
+    else:
+        start = model.config.decoder_start_token_id
+        dec_in = torch.cat([torch.full_like(oids[:, :1], start), oids[:, :-1]], dim=1)
+    logits = model(
+        encoder_outputs=enc,
+        attention_mask=pmask[sel],
+        decoder_input_ids=dec_in,
+        decoder_attention_mask=omask,
+        use_cache=False,
+    ).logits
+    return _picked(logits, oids) * omask
+
+
+@dataclass
+class OptionRanking:
+    """One question's options ranked by summed and by length-normalised log-likelihood."""
+
+    options: list[str]
+    sums: list[float]  # summed log-likelihood per option
+    norms: list[float]  # summed log-likelihood / option length in characters (lm-eval acc_norm)
+
+    @property
+    def best_sum(self) -> int:
+        return max(range(len(self.options)), key=lambda k: self.sums[k])
+
+    @property
+    def best_norm(self) -> int:
+        return max(range(len(self.options)), key=lambda k: self.norms[k])
+
+
+def rank_options(options: list[str], token_logprobs: list[list[float]]) -> OptionRanking:
+    sums = [float(sum(lp)) for lp in token_logprobs]
+    norms = [s / max(len(o), 1) for s, o in zip(sums, options)]
+    return OptionRanking(list(options), sums, norms)
+
+
 def _options(task: str, example) -> list[str] | None:
-    from .data import get_task
+    from .tasks import get_task
 
     if example.options:
         return list(example.options)
-    return get_template(get_task(task).template).answer_options(example.fields)
+    return get_task(task).options(example.fields)
 
 
 def _words(rationales: dict | None, example, mode: str) -> list[str] | None:
@@ -181,6 +322,7 @@ def evaluate(
     adds hints; without them the student answers bare inputs.
     """
     from .metrics import accuracy_ci, score_answer
+    from .tasks import get_task
 
     loaded, run_cfg = resolve_model(model, model_loader)
     if mode is None:
@@ -203,13 +345,14 @@ def evaluate(
     tok = loaded.tokenizer
     preds = [tok.decode(a, skip_special_tokens=True).strip() for a in answer_ids]
 
-    picks: dict[int, str] = {}
-    if choices:
-        picks = _choice_picks(loaded, task, examples, sources, batch_size, emit)
+    spec = get_task(task)
+    rankings: dict[int, OptionRanking] = {}
+    if choices and "choice_accuracy" in spec.metrics:
+        rankings = _rank_examples(loaded, task, examples, sources, batch_size, emit)
 
-    records, correct, choice_correct = [], [], []
+    records, correct, choice_norm, choice_sum = [], [], [], []
     for i, (ex, pred) in enumerate(zip(examples, preds)):
-        ok = score_answer(task, pred, ex)
+        ok = score_answer(spec, pred, ex)
         correct.append(ok)
         rec = {
             "id": ex.id,
@@ -218,11 +361,19 @@ def evaluate(
             "correct": ok,
             "choice_prediction": None,
             "choice_correct": None,
+            "choice_prediction_sum": None,
+            "choice_correct_sum": None,
         }
-        if i in picks:
-            rec["choice_prediction"] = picks[i]
-            rec["choice_correct"] = score_answer(task, picks[i], ex)
-            choice_correct.append(rec["choice_correct"])
+        if i in rankings:
+            rk = rankings[i]
+            norm, summed = rk.options[rk.best_norm], rk.options[rk.best_sum]
+            rec["choice_prediction"] = norm
+            rec["choice_correct"] = score_answer(spec, norm, ex)
+            rec["choice_prediction_sum"] = summed
+            rec["choice_correct_sum"] = score_answer(spec, summed, ex)
+            rec["option_logprobs"] = dict(zip(rk.options, rk.sums))
+            choice_norm.append(rec["choice_correct"])
+            choice_sum.append(rec["choice_correct_sum"])
         records.append(rec)
     acc, lo, hi = accuracy_ci(correct)
     settings = {
@@ -236,27 +387,29 @@ def evaluate(
         "batch_size": batch_size,
         "chat_template": loaded.use_chat_template,
     }
-    choice_acc = sum(choice_correct) / len(choice_correct) if choice_correct else None
-    return EvalResult(acc, lo, hi, len(examples), choice_acc, records, settings)
+
+    def mean(xs: list[bool]) -> float | None:
+        return sum(xs) / len(xs) if xs else None
+
+    return EvalResult(
+        acc, lo, hi, len(examples), mean(choice_norm), records, settings, mean(choice_sum)
+    )
 
 
-def _choice_picks(loaded, task, examples, sources, batch_size, emit) -> dict[int, str]:
-    """Example index -> the option with the highest summed log-likelihood as the target."""
-    pairs = []  # (example index, option)
-    for i, ex in enumerate(examples):
-        for opt in _options(task, ex) or []:
-            pairs.append((i, opt))
-    if not pairs:
+def _rank_examples(loaded, task, examples, sources, batch_size, emit) -> dict[int, OptionRanking]:
+    """Example index -> its options ranked by summed and length-normalised log-likelihood."""
+    opts = [_options(task, ex) or [] for ex in examples]
+    if not any(opts):
         return {}
-    emit({"stage": "scoring options", "step": 0, "total": len(pairs)})
-    targets = [encode_target(loaded, opt, eos=False) for _, opt in pairs]
-    logps = target_logprobs(loaded, [sources[i] for i, _ in pairs], targets, batch_size)
-    best: dict[int, tuple[float, str]] = {}
-    for (i, opt), lp in zip(pairs, logps):
-        total = sum(lp)
-        if i not in best or total > best[i][0]:
-            best[i] = (total, opt)
-    return {i: opt for i, (_, opt) in best.items()}
+    targets = [[encode_target(loaded, o, eos=False) for o in os_] for os_ in opts]
+    total = len(examples)
+    emit({"stage": "scoring options", "step": 0, "total": total})
+
+    def opt_progress(done: int, n: int) -> None:
+        emit({"stage": "scoring options", "step": done, "total": n})
+
+    logps = option_logprobs(loaded, sources, targets, batch_size, opt_progress)
+    return {i: rank_options(opts[i], logps[i]) for i in range(total) if opts[i]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,14 +429,16 @@ def predict_one(
     """Greedy answer for one input and its probability.
 
     Probability: for tasks with options, the softmax over the options' summed
-    log-likelihoods of the option the answer names (the top option when it names none);
+    log-likelihoods of the option the answer names (else the top option by length-normalised
+    log-likelihood, which is also ``choice``);
     otherwise exp of the mean token log-prob of the generated answer.
     """
-    from .data import Example, get_task
-    from .metrics import parse_choice, score_answer
+    from .data import Example
+    from .metrics import normalize, score_answer
+    from .tasks import get_task
 
     spec = get_task(task)
-    options = get_template(spec.template).answer_options(fields)
+    options = spec.options(fields)
     ex = Example(id="input", task=spec.name, fields=dict(fields), label=gold or "", options=options)
     words = rationale_words if mode == "hint" else None
     src_text, _ = format_example(ex, mode, "predict", words, loaded)
@@ -297,11 +452,12 @@ def predict_one(
         lp = target_logprobs(loaded, [src], [ans_ids])[0]
         return Prediction(answer, math.exp(sum(lp) / len(lp)), correct)
     targets = [encode_target(loaded, o, eos=False) for o in options]
-    sums = [sum(lp) for lp in target_logprobs(loaded, [src] * len(options), targets)]
-    probs = torch.softmax(torch.tensor(sums, dtype=torch.float64), dim=0).tolist()
-    top = max(range(len(options)), key=lambda k: sums[k])
-    named = parse_choice(answer, options)
-    pick = named if named is not None else top
+    rk = rank_options(options, option_logprobs(loaded, [src], [targets])[0])
+    probs = torch.softmax(torch.tensor(rk.sums, dtype=torch.float64), dim=0).tolist()
+    named = spec.parse_answer(answer, options)
+    norm_opts = [normalize(o) for o in options]
+    top = rk.best_norm
+    pick = norm_opts.index(named) if isinstance(named, str) and named in norm_opts else top
     return Prediction(
         answer, probs[pick], correct, options[top], {o: p for o, p in zip(options, probs)}
     )
@@ -405,6 +561,9 @@ __all__ = [
     "compare",
     "evaluate",
     "generate_answers",
+    "option_logprobs",
+    "OptionRanking",
+    "rank_options",
     "predict_one",
     "resolve_model",
     "target_logprobs",

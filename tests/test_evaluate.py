@@ -62,8 +62,11 @@ def test_accuracy_and_ci_with_known_outputs(monkeypatch, family):
         "correct": False,
         "choice_prediction": None,
         "choice_correct": None,
+        "choice_prediction_sum": None,
+        "choice_correct_sum": None,
     }
-    assert r.choice_accuracy is None and r.settings["mode"] == "standard"
+    assert r.choice_accuracy is None and r.choice_accuracy_sum is None
+    assert r.settings["mode"] == "standard"
     r = ev.evaluate(lm, "cqa", exs, limit=2, choices=False)
     assert r.n == 2 and r.accuracy == 1.0
 
@@ -81,19 +84,78 @@ def _direct_logprob(lm, src: list[int], tgt: list[int]) -> float:
 
 
 @pytest.mark.parametrize("family", ["llama", "t5"])
-def test_choice_scoring_picks_highest_likelihood(family):
+def test_choice_scoring_picks_summed_and_normalised(family):
     lm = tiny.loaded(family, seed=3)
     exs = examples(4)
     r = ev.evaluate(lm, "cqa", exs, batch_size=3, max_new_tokens=2)
     for ex, pred in zip(exs, r.predictions):
         src = tr.encode_source(lm, tr.format_example(ex, "standard", "predict", None, lm)[0])
-        scores = {
-            o: _direct_logprob(lm, src, tr.encode_target(lm, o, eos=False)) for o in ex.options
-        }
-        assert pred["choice_prediction"] == max(scores, key=scores.get)
+        sums = {o: _direct_logprob(lm, src, tr.encode_target(lm, o, eos=False)) for o in ex.options}
+        norms = {o: v / len(o) for o, v in sums.items()}  # lm-eval acc_norm: per character
+        assert pred["choice_prediction_sum"] == max(sums, key=sums.get)
+        assert pred["choice_prediction"] == max(norms, key=norms.get)
         assert pred["choice_correct"] == (pred["choice_prediction"] == ex.label)
-    choice_ok = [p["choice_correct"] for p in r.predictions]
-    assert r.choice_accuracy == pytest.approx(sum(choice_ok) / len(choice_ok))
+        assert pred["choice_correct_sum"] == (pred["choice_prediction_sum"] == ex.label)
+        for o in ex.options:
+            assert pred["option_logprobs"][o] == pytest.approx(sums[o], abs=1e-4)
+    norm_ok = [p["choice_correct"] for p in r.predictions]
+    sum_ok = [p["choice_correct_sum"] for p in r.predictions]
+    assert r.choice_accuracy == pytest.approx(sum(norm_ok) / len(norm_ok))
+    assert r.choice_accuracy_sum == pytest.approx(sum(sum_ok) / len(sum_ok))
+
+
+def test_normalised_ranking_differs_from_summed():
+    # A long option with a lower total but a higher per-character log-likelihood.
+    rk = ev.rank_options(["no", "a much longer option"], [[-2.0], [-1.0, -1.0, -1.0]])
+    assert rk.best_sum == 0 and rk.best_norm == 1
+    assert rk.norms == [pytest.approx(-1.0), pytest.approx(-3.0 / 20)]
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_option_fast_path_equals_full_prompts(family):
+    """One prompt pass + options from its cache/encoder states == each option after its full
+    prompt: same log-probs (1e-3), same picks; questions of different lengths and option
+    counts batched together (left padding for decoder-only)."""
+    lm = tiny.loaded(family, seed=5)
+    exs = examples(5)
+    srcs = [tr.encode_source(lm, tr.format_example(e, "standard", "predict", None, lm)[0])
+            for e in exs]  # fmt: skip
+    srcs[1] = srcs[1][3:]  # uneven prompt lengths inside one batch
+    opts = [[tr.encode_target(lm, o, eos=False) for o in e.options] for e in exs]
+    opts[2] = opts[2][:3] + [tr.encode_target(lm, "cupboard table sink", eos=False)]
+    opts[4] = []  # a question without options scores nothing
+    fast = ev.option_logprobs(lm, srcs, opts, batch_size=3)
+    pairs = [(i, k) for i in range(len(exs)) for k in range(len(opts[i]))]
+    full = ev.target_logprobs(lm, [srcs[i] for i, _ in pairs], [opts[i][k] for i, k in pairs])
+    assert [len(f) for f in fast] == [len(o) for o in opts]
+    for (i, k), lp in zip(pairs, full):
+        assert len(fast[i][k]) == len(opts[i][k])
+        assert fast[i][k] == pytest.approx(lp, abs=1e-3)
+    for i in range(4):
+        by_fast = [sum(x) for x in fast[i]]
+        by_full = [sum(lp) for (j, _k), lp in zip(pairs, full) if j == i]
+        assert by_fast.index(max(by_fast)) == by_full.index(max(by_full))
+
+
+def test_option_scoring_runs_each_prompt_once(monkeypatch):
+    lm = tiny.loaded("llama", seed=5)
+    exs = examples(4)
+    srcs = [tr.encode_source(lm, tr.format_example(e, "standard", "predict", None, lm)[0])
+            for e in exs]  # fmt: skip
+    opts = [[tr.encode_target(lm, o, eos=False) for o in e.options] for e in exs]
+    seen = []
+    real = lm.model.forward
+
+    def spy(*args, **kwargs):
+        ids = kwargs.get("input_ids")
+        seen.append(tuple(ids.shape))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm.model, "forward", spy)
+    ev.option_logprobs(lm, srcs, opts, batch_size=4)
+    longest = max(map(len, srcs))
+    longest_opt = max(len(o) for os_ in opts for o in os_)
+    assert seen == [(4, longest), (20, longest_opt)]  # prompts once, then 20 options
 
 
 @pytest.mark.parametrize("family", ["llama", "t5"])
