@@ -186,16 +186,16 @@ def parse_label(prediction: str, labels: list[str] | tuple[str, ...]) -> str | N
     """The one label a prediction asserts, or None when it asserts none, a negated one only
     ("not entailment"), or several.
 
-    The answer's first word wins when it is a label ("Contradiction. It is not entailment").
-    Otherwise label words count unless a negation precedes them in the same clause (up to 3
-    words back); exactly one asserted label is the answer.
+    An answer that opens with a label as its own sentence wins ("Neutral. It is not a
+    contradiction or an entailment"). Otherwise label words count unless a negation precedes
+    them in the same clause (up to 3 words back); exactly one asserted label is the answer.
     """
     s = _strip_prefix(prediction).lower()
     words = [str(w).lower() for w in labels]
     if not s or not words:
         return None
     alt = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-    first = re.match(rf"[\s\"'(*]*({alt})\b", s)
+    first = re.match(rf"[\s\"'(*]*({alt})[\s\"')*]*(?:[.!:;\n]|$)", s)
     if first:
         return first.group(1)
     asserted, prev_end = set(), 0
