@@ -280,3 +280,54 @@ def test_compare_and_write(tmp_path):
 def test_data_written_by_helper_is_loadable(tmp_path):
     exs = load_task("cqa", write_cqa(tmp_path))
     assert [e.label for e in exs] == [a for _q, _c, a in ITEMS]
+
+
+def _write_preds(path, correct: dict[str, bool]) -> None:
+    lines = [
+        json.dumps({"id": i, "prediction": "x", "gold": "y", "correct": ok, "choice_correct": ok})
+        for i, ok in correct.items()
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_compare_pairs_from_runs_and_prediction_files(tmp_path, capsys):
+    from distill.cli import main
+
+    a = _finished_run(tmp_path, "std", "standard", 0.4)
+    b = _finished_run(tmp_path, "sal", "saliency", 0.6)
+    ids = [f"q{i}" for i in range(10)]
+    # std right on q0-q3; sal right on q0-q7: 4 discordant pairs, all for sal
+    _write_preds(a / ev.RUN_PREDICTIONS, {i: n < 4 for n, i in enumerate(ids)})
+    _write_preds(b / ev.RUN_PREDICTIONS, {i: n < 8 for n, i in enumerate(ids)})
+    teacher = tmp_path / "predictions-cqa-dev.jsonl"  # from `distill eval` of a model spec
+    _write_preds(teacher, {i: True for i in reversed(ids)})
+    other = tmp_path / "other.jsonl"
+    _write_preds(other, {"z1": True})
+
+    df, skipped = ev.compare_pairs([a, b, teacher, other], n_boot=2000)
+    assert list(df.columns) == ev.PAIR_COLUMNS
+    row = df.iloc[0]
+    assert (row.model_a, row.model_b, row.n) == ("std", "sal", 10)
+    assert row.difference == pytest.approx(-0.4)
+    assert row.mcnemar_p == pytest.approx(2 / 16)  # 4 discordant, all one way: 2 * (1/2)^4
+    assert (row.a_only, row.b_only) == (0, 4) and row.ci_low <= -0.4 <= row.ci_high
+    assert len(df) == 3 and df.iloc[2].model_b == str(teacher)
+    assert [s[1] for s in skipped] == [str(other)] * 3
+
+    rows = ev.compare([a, teacher])
+    assert rows.loc[1, "accuracy"] == 1.0 and rows.loc[1, "n"] == 10
+
+    c = _finished_run(tmp_path, "nopreds", "standard", 0.5)
+    with pytest.raises(tr.TrainError, match="no per-example predictions"):
+        ev.compare_pairs([a, c])
+
+    out = tmp_path / "cmp"
+    assert (
+        main(["compare", str(a), str(b), str(teacher), "--out", str(out), "--n-boot", "500"]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "McNemar" in printed and "std" in printed
+    md = (out / "pairs.md").read_text().splitlines()
+    assert md[0].startswith("| model_a | model_b | n | accuracy_a |") and len(md) == 5
+    assert (out / "pairs.csv").read_text().splitlines()[1].startswith("std,sal,10,")
+    assert (out / "comparison.csv").is_file()
