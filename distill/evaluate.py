@@ -12,7 +12,6 @@ one pass over the shared prompt (:func:`option_logprobs`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,16 @@ from explain.attr.scoring import Scorer, collate
 from explain.models import LoadedModel, load_model
 from explain.pipeline import generate
 
-from .runs import RunDir, atomic_write_text
+from .choices import OptionRanking, _EvalMode, _length_batches, option_logprobs, rank_options
+from .compare import (  # re-exported: the comparison moved to distill.compare
+    COMPARE_COLUMNS,
+    PAIR_COLUMNS,
+    RUN_PREDICTIONS,
+    compare,
+    compare_pairs,
+    write_comparison,
+)
+from .runs import RunDir
 from .train import MODES, TrainError, encode_source, encode_target, format_example
 
 
@@ -74,29 +82,6 @@ def resolve_model(
     return model_loader(str(model)), None
 
 
-# ---------------------------------------------------------------------------------------------
-# Scoring primitives
-
-
-def _length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped by similar length (less padding), each group at most ``batch_size``."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-class _EvalMode:
-    """Put the model in eval mode (no dropout) and restore its training flag afterwards."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self) -> None:
-        self.model.eval()
-
-    def __exit__(self, *exc) -> None:
-        self.model.train(self.was_training)
-
-
 def _fit(ids: list[int], budget: int) -> list[int]:
     """Keep the last ``budget`` prompt tokens (the question and cue are at the end)."""
     return ids[-max(budget, 1) :]
@@ -142,144 +127,6 @@ def target_logprobs(
             for row, i in enumerate(group):
                 out[i] = logp[row, : len(targets[i])].tolist()
     return out
-
-
-def _group_rows(idx: list[int], counts: list[int]) -> list[int]:
-    """Row -> its question's position in the group, each question repeated per option."""
-    return [k for k, n in zip(range(len(idx)), counts) for _ in range(n)]
-
-
-def _picked(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-
-
-@torch.no_grad()
-def option_logprobs(
-    loaded: LoadedModel,
-    sources: list[list[int]],
-    options: list[list[list[int]]],
-    batch_size: int = 8,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[list[list[float]]]:
-    """Per question, per option: the option tokens' log-probabilities given the question's prompt.
-
-    The prompt is run once per question, and all its options are scored from that pass: for
-    decoder-only models from its key/value cache (repeated over the options), for
-    encoder-decoders from its encoder states. Equal (to float rounding) to scoring each option
-    after its own full prompt (:func:`target_logprobs`), with about 1/n_options of the work.
-    ``batch_size`` counts questions per pass.
-    """
-    if any(len(o) == 0 for opts in options for o in opts):
-        raise ValueError("every option needs at least one token")
-    out: list[list[list[float]]] = [[] for _ in sources]
-    pad = loaded.tokenizer.pad_token_id
-    model, dev = loaded.model, loaded.device
-    done = 0
-    with _EvalMode(model):
-        for group in _length_batches([len(s) for s in sources], batch_size):
-            done += len(group)
-            group = [i for i in group if options[i]]
-            if not group:
-                continue
-            counts = [len(options[i]) for i in group]
-            rows = _group_rows(group, counts)
-            opts = [o for i in group for o in options[i]]
-            batch = collate(
-                [sources[i] for i in group],
-                [[pad]] * len(group),  # the options follow below
-                pad,
-                left_pad_prompts=not loaded.is_encoder_decoder,
-            )
-            pids, pmask = batch.prompt_ids.to(dev), batch.prompt_mask.to(dev)
-            optb = collate([[pad]] * len(opts), opts, pad, left_pad_prompts=False)
-            oids, omask = optb.answer_ids.to(dev), optb.answer_mask.to(dev)
-            sel = torch.tensor(rows, device=dev)
-            if loaded.is_encoder_decoder:
-                picked = _encdec_options(model, pids, pmask, oids, omask, sel)
-            else:
-                picked = _decoder_options(model, pids, pmask, oids, omask, sel)
-            picked = picked.cpu()
-            r = 0
-            for i, n in zip(group, counts):
-                out[i] = [picked[r + k, : len(options[i][k])].tolist() for k in range(n)]
-                r += n
-            if progress:
-                progress(done, len(sources))
-    return out
-
-
-def _decoder_options(model, pids, pmask, oids, omask, sel) -> torch.Tensor:
-    """Option-token log-probs [R, T]: one prompt pass with cache, then all options from it."""
-    # Left padding: positions count real tokens only, as in an unpadded run.
-    pos = (pmask.cumsum(-1) - 1).clamp(min=0)
-    full = bool(pmask.all())
-    first = model(
-        input_ids=pids,
-        attention_mask=None if full else pmask,
-        position_ids=pos,
-        use_cache=True,
-        logits_to_keep=1,  # only the last prompt position predicts the options' first token
-    )
-    cache = first.past_key_values
-    cache.reorder_cache(sel)  # each question's cache repeated once per option
-    plen = pmask.sum(-1)[sel]
-    t = oids.shape[1]
-    opos = plen[:, None] + torch.arange(t, device=oids.device)[None, :]
-    mask = torch.cat([pmask[sel], omask], dim=1)
-    # The last option position predicts nothing we score: keep the logits of the other T-1.
-    rest = model(
-        input_ids=oids,
-        attention_mask=mask,
-        position_ids=opos,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=t,
-    ).logits[:, :-1]
-    logits = torch.cat([first.logits[:, -1:][sel], rest], dim=1)
-    return _picked(logits, oids) * omask
-
-
-def _encdec_options(model, pids, pmask, oids, omask, sel) -> torch.Tensor:
-    """Option-token log-probs [R, T]: the encoder once per question, the decoder per option."""
-    enc = model.get_encoder()(input_ids=pids, attention_mask=pmask)
-    enc.last_hidden_state = enc.last_hidden_state[sel]
-    if hasattr(model, "_shift_right"):
-        dec_in = model._shift_right(oids)
-    else:
-        start = model.config.decoder_start_token_id
-        dec_in = torch.cat([torch.full_like(oids[:, :1], start), oids[:, :-1]], dim=1)
-    logits = model(
-        encoder_outputs=enc,
-        attention_mask=pmask[sel],
-        decoder_input_ids=dec_in,
-        decoder_attention_mask=omask,
-        use_cache=False,
-    ).logits
-    return _picked(logits, oids) * omask
-
-
-@dataclass
-class OptionRanking:
-    """One question's options ranked by summed and by length-normalised log-likelihood."""
-
-    options: list[str]
-    sums: list[float]  # summed log-likelihood per option
-    norms: list[float]  # summed log-likelihood / option length in characters (lm-eval acc_norm)
-
-    @property
-    def best_sum(self) -> int:
-        return max(range(len(self.options)), key=lambda k: self.sums[k])
-
-    @property
-    def best_norm(self) -> int:
-        return max(range(len(self.options)), key=lambda k: self.norms[k])
-
-
-def rank_options(options: list[str], token_logprobs: list[list[float]]) -> OptionRanking:
-    sums = [float(sum(lp)) for lp in token_logprobs]
-    norms = [s / max(len(o), 1) for s, o in zip(sums, options)]
-    return OptionRanking(list(options), sums, norms)
 
 
 def _options(task: str, example) -> list[str] | None:
@@ -463,175 +310,10 @@ def predict_one(
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Comparing runs
-
-
-COMPARE_COLUMNS = [
-    "run",
-    "mode",
-    "student",
-    "task",
-    "steps",
-    "accuracy",
-    "ci_low",
-    "ci_high",
-    "ci",
-    "choice_accuracy",
-    "n",
-    "settings",
-]
-_KEY_SETTINGS = (
-    "alpha",
-    "lr",
-    "batch_size",
-    "grad_accum",
-    "seed",
-    "max_len",
-    "dev_size",
-    "limit",
-    "rationales",
-)
-
-
-PAIR_COLUMNS = [
-    "model_a",
-    "model_b",
-    "n",
-    "accuracy_a",
-    "accuracy_b",
-    "difference",
-    "ci_low",
-    "ci_high",
-    "mcnemar_p",
-    "both_correct",
-    "a_only",
-    "b_only",
-    "both_wrong",
-]
-RUN_PREDICTIONS = "dev_predictions.jsonl"  # a training run's per-example dev predictions
-
-
-def _read_predictions(path: Path) -> list[dict]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(x) for x in lines if x.strip()]
-
-
-def _mean_of(preds: list[dict], key: str) -> float | None:
-    vals = [bool(p[key]) for p in preds if p.get(key) is not None]
-    return sum(vals) / len(vals) if vals else None
-
-
-def _source_row(path: Path) -> tuple[dict, list[dict] | None]:
-    """A comparison row and per-example predictions for a run folder or a predictions file."""
-    from .metrics import accuracy_ci
-
-    if path.is_file():  # a per-example predictions file written by ``distill eval``
-        preds = _read_predictions(path)
-        acc, lo, hi = accuracy_ci([bool(p.get("correct")) for p in preds])
-        row = {c: None for c in COMPARE_COLUMNS} | {
-            "run": str(path),
-            "accuracy": acc,
-            "ci_low": lo,
-            "ci_high": hi,
-            "ci": f"{lo:.3f}-{hi:.3f}",
-            "choice_accuracy": _mean_of(preds, "choice_correct"),
-            "n": len(preds),
-            "settings": "{}",
-        }
-        return row, preds
-    run = RunDir(path)
-    summary = run.summary()
-    if summary is None:
-        raise TrainError(f"run {run.name!r} is not finished (no summary.json)")
-    cfg = run.config()
-    settings = cfg.get("settings") or summary.get("settings") or {}
-    key = {k: settings.get(k) for k in _KEY_SETTINGS if k in settings}
-    extraction = ((cfg.get("rationales") or {}).get("settings")) or None
-    if extraction:
-        key["extraction"] = extraction
-    acc, lo, hi = summary.get("accuracy"), summary.get("ci_low"), summary.get("ci_high")
-    row = {
-        "run": run.name,
-        "mode": summary.get("mode", settings.get("mode")),
-        "student": summary.get("student", settings.get("student")),
-        "task": summary.get("task", settings.get("task")),
-        "steps": summary.get("steps"),
-        "accuracy": acc,
-        "ci_low": lo,
-        "ci_high": hi,
-        "ci": f"{lo:.3f}-{hi:.3f}" if lo is not None and hi is not None else "",
-        "choice_accuracy": summary.get("choice_accuracy"),
-        "n": summary.get("n"),
-        "settings": json.dumps(key, sort_keys=True, default=str),
-    }
-    pred_file = run.path / RUN_PREDICTIONS
-    return row, _read_predictions(pred_file) if pred_file.is_file() else None
-
-
-def compare(run_dirs: list[str | Path]):
-    """One row per finished training run (or ``distill eval`` predictions file): accuracy with
-    its 95% interval and key settings."""
-    import pandas as pd
-
-    rows = [_source_row(Path(d))[0] for d in run_dirs]
-    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
-
-
-def compare_pairs(
-    sources: list[str | Path], key: str = "correct", n_boot: int = 10_000, seed: int = 0
-):
-    """Every pair of runs / prediction files scored on the same examples: accuracy difference,
-    its paired bootstrap 95% interval and McNemar's exact p (:mod:`distill.stats`).
-
-    ``key`` picks the per-example correctness: ``correct`` (generation), ``choice_correct``
-    (length-normalised option ranking) or ``choice_correct_sum``. Returns the table and the
-    pairs skipped because their example sets differ.
-    """
-    import pandas as pd
-
-    from .stats import pairwise
-
-    named: dict[str, list[dict]] = {}
-    for src in sources:
-        row, preds = _source_row(Path(src))
-        if preds is None:
-            raise TrainError(
-                f"run {row['run']!r} has no per-example predictions ({RUN_PREDICTIONS})"
-            )
-        name = row["run"] if row["run"] not in named else str(src)
-        named[name] = preds
-    pairs, skipped = pairwise(named, key=key, n_boot=n_boot, seed=seed)
-    df = pd.DataFrame([p.to_dict() for p in pairs], columns=PAIR_COLUMNS)
-    return df, skipped
-
-
-def _markdown(df) -> str:
-    def cell(v) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return ""
-        if isinstance(v, float):
-            return f"{v:.4f}"
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_comparison(df, out_dir: str | Path, name: str = "comparison") -> tuple[Path, Path]:
-    """Write ``<name>.csv`` and ``<name>.md`` into ``out_dir``; returns both paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
-    atomic_write_text(csv_path, df.to_csv(index=False))
-    atomic_write_text(md_path, _markdown(df))
-    return csv_path, md_path
-
-
 __all__ = [
+    "COMPARE_COLUMNS",
+    "PAIR_COLUMNS",
+    "RUN_PREDICTIONS",
     "EvalResult",
     "Prediction",
     "compare",
