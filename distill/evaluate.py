@@ -73,12 +73,13 @@ def resolve_model(
         return model, None
     path = Path(str(model)).expanduser()
     run = RunDir(path)
-    if run.exists and (run.model_dir / "config.json").is_file():
-        cfg = run.config()
+    # A run folder's config.json is the run's (it has "kind"); a model folder's is the model's.
+    cfg = run.config() if run.exists else {}
+    if "kind" in cfg and "model_type" not in cfg:
+        if not (run.model_dir / "config.json").is_file():
+            raise TrainError(f"run {path.name!r} has no final model yet (model/ is missing)")
         chat = (cfg.get("settings") or {}).get("chat_template", True)
         return model_loader(str(run.model_dir), use_chat_template=chat), cfg
-    if run.exists:
-        raise TrainError(f"run {path.name!r} has no final model yet (model/ is missing)")
     return model_loader(str(model)), None
 
 

@@ -331,3 +331,29 @@ def test_compare_pairs_from_runs_and_prediction_files(tmp_path, capsys):
     assert md[0].startswith("| model_a | model_b | n | accuracy_a |") and len(md) == 5
     assert (out / "pairs.csv").read_text().splitlines()[1].startswith("std,sal,10,")
     assert (out / "comparison.csv").is_file()
+
+
+def test_cli_eval_shows_progress_bars(tiny_model_dir, tmp_path, capsys):
+    from distill.cli import main
+
+    data = write_cqa(tmp_path / "data")
+    out = tmp_path / "preds.jsonl"
+    args = ["eval", "--model", tiny_model_dir, "--task", "cqa", "--data", str(data)]
+    assert main([*args, "--limit", "3", "--predictions", str(out)]) == 0
+    cap = capsys.readouterr()
+    # one tqdm bar per stage, on stderr, run to completion
+    assert "generating" in cap.err and "scoring options" in cap.err and "3/3" in cap.err
+    assert "choice accuracy" in cap.out and "choice acc. sum" in cap.out
+    rec = json.loads(out.read_text().splitlines()[0])
+    assert {"choice_prediction", "choice_prediction_sum", "option_logprobs"} <= set(rec)
+
+
+def test_resolve_model_tells_runs_from_model_folders(tiny_model_dir, tmp_path):
+    # A model folder has a config.json too: it is a model spec, not an unfinished run
+    # (this used to fail with "run 'tiny-llama' has no final model yet").
+    loaded, cfg = ev.resolve_model(tiny_model_dir)
+    assert cfg is None and loaded.model.config.model_type == "llama"
+    half = RunDir(tmp_path / "half")
+    half.create({"kind": "train", "settings": {"mode": "standard"}})
+    with pytest.raises(tr.TrainError, match="no final model yet"):
+        ev.resolve_model(half.path)
