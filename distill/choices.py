@@ -37,9 +37,9 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
-def _group_rows(idx: list[int], counts: list[int]) -> list[int]:
+def _group_rows(counts: list[int]) -> list[int]:
     """Row -> its question's position in the group, each question repeated per option."""
-    return [k for k, n in zip(range(len(idx)), counts) for _ in range(n)]
+    return [k for k, n in enumerate(counts) for _ in range(n)]
 
 
 def _picked(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -66,40 +66,44 @@ def option_logprobs(
     if any(len(o) == 0 for opts in options for o in opts):
         raise ValueError("every option needs at least one token")
     out: list[list[list[float]]] = [[] for _ in sources]
-    pad = loaded.tokenizer.pad_token_id
-    model, dev = loaded.model, loaded.device
     done = 0
-    with _EvalMode(model):
+    with _EvalMode(loaded.model):
         for group in _length_batches([len(s) for s in sources], batch_size):
             done += len(group)
             group = [i for i in group if options[i]]
-            if not group:
-                continue
-            counts = [len(options[i]) for i in group]
-            rows = _group_rows(group, counts)
-            opts = [o for i in group for o in options[i]]
-            batch = collate(
-                [sources[i] for i in group],
-                [[pad]] * len(group),  # the options follow below
-                pad,
-                left_pad_prompts=not loaded.is_encoder_decoder,
-            )
-            pids, pmask = batch.prompt_ids.to(dev), batch.prompt_mask.to(dev)
-            optb = collate([[pad]] * len(opts), opts, pad, left_pad_prompts=False)
-            oids, omask = optb.answer_ids.to(dev), optb.answer_mask.to(dev)
-            sel = torch.tensor(rows, device=dev)
-            if loaded.is_encoder_decoder:
-                picked = _encdec_options(model, pids, pmask, oids, omask, sel)
-            else:
-                picked = _decoder_options(model, pids, pmask, oids, omask, sel)
-            picked = picked.cpu()
-            r = 0
-            for i, n in zip(group, counts):
-                out[i] = [picked[r + k, : len(options[i][k])].tolist() for k in range(n)]
-                r += n
+            if group:
+                _score_group(loaded, sources, options, group, out)
             if progress:
                 progress(done, len(sources))
     return out
+
+
+def _score_group(loaded, sources, options, group, out) -> None:
+    """Score the options of the questions in ``group`` into ``out`` (one batched pass)."""
+    pad = loaded.tokenizer.pad_token_id
+    model, dev = loaded.model, loaded.device
+    counts = [len(options[i]) for i in group]
+    rows = _group_rows(counts)
+    opts = [o for i in group for o in options[i]]
+    batch = collate(
+        [sources[i] for i in group],
+        [[pad]] * len(group),  # the options follow below
+        pad,
+        left_pad_prompts=not loaded.is_encoder_decoder,
+    )
+    pids, pmask = batch.prompt_ids.to(dev), batch.prompt_mask.to(dev)
+    optb = collate([[pad]] * len(opts), opts, pad, left_pad_prompts=False)
+    oids, omask = optb.answer_ids.to(dev), optb.answer_mask.to(dev)
+    sel = torch.tensor(rows, device=dev)
+    if loaded.is_encoder_decoder:
+        picked = _encdec_options(model, pids, pmask, oids, omask, sel)
+    else:
+        picked = _decoder_options(model, pids, pmask, oids, omask, sel)
+    picked = picked.cpu()
+    r = 0
+    for i, n in zip(group, counts):
+        out[i] = [picked[r + k, : len(options[i][k])].tolist() for k in range(n)]
+        r += n
 
 
 def _decoder_options(model, pids, pmask, oids, omask, sel) -> torch.Tensor:
