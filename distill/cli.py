@@ -242,6 +242,30 @@ def predictions_path(args: argparse.Namespace) -> Path:
     return Path(name)
 
 
+def _stage_bars():
+    """A progress callback for ``evaluate``: one tqdm bar on stderr per stage."""
+    from tqdm import tqdm
+
+    bars: dict[str, object] = {}
+
+    def update(p: dict) -> None:
+        stage = p.get("stage")
+        if stage is None or "total" not in p:
+            return
+        bar = bars.get(stage)
+        if bar is None:
+            unit = "q" if stage == "scoring options" else "ex"
+            bar = bars[stage] = tqdm(total=p["total"], desc=stage, unit=unit, file=sys.stderr)
+        bar.n = p.get("step", 0)
+        bar.refresh()
+
+    def close() -> None:
+        for bar in bars.values():
+            bar.close()
+
+    return update, close
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
     from .rationales import check_hint_source, rationale_map
@@ -252,14 +276,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_hint_source(args.with_rationales)
         rationales = rationale_map(args.with_rationales)
     mode = args.mode or ("hint" if rationales else None)
-    result = evaluate(
-        args.model,
-        args.task,
-        examples,
-        mode=mode,
-        rationales=rationales,
-        batch_size=args.batch_size,
-    )
+    update, close = _stage_bars()
+    try:
+        result = evaluate(
+            args.model,
+            args.task,
+            examples,
+            mode=mode,
+            rationales=rationales,
+            batch_size=args.batch_size,
+            progress=update,
+            choices=not args.no_choices,
+        )
+    finally:
+        close()
     from .runs import atomic_write_text
 
     atomic_write_text(
@@ -274,17 +304,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{result.ci_high:.4f}]  n={result.n}"
         )
         if result.choice_accuracy is not None:
-            print(f"choice accuracy {result.choice_accuracy:.4f}")
+            print(f"choice accuracy {result.choice_accuracy:.4f} (length-normalised ranking)")
+        if result.choice_accuracy_sum is not None:
+            print(f"choice acc. sum {result.choice_accuracy_sum:.4f} (summed log-likelihood)")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .evaluate import compare, write_comparison
+    from .evaluate import compare, compare_pairs, write_comparison
 
     df = compare(args.runs_dirs)
     print(df.to_string(index=False))
     csv, md = write_comparison(df, args.out)
     print(f"wrote {csv} and {md}", file=sys.stderr)
+    if len(args.runs_dirs) >= 2:
+        pairs, skipped = compare_pairs(
+            args.runs_dirs, key=args.metric, n_boot=args.n_boot, seed=args.seed
+        )
+        for a, b in skipped:
+            print(f"skipped {a} vs {b}: not scored on the same examples", file=sys.stderr)
+        if len(pairs):
+            print(f"\npaired ({args.metric}; 95% paired bootstrap CI, McNemar exact p):")
+            print(pairs.to_string(index=False))
+            csv, md = write_comparison(pairs, args.out, name="pairs")
+            print(f"wrote {csv} and {md}", file=sys.stderr)
     return 0
 
 
@@ -414,12 +457,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-example predictions file (JSONL); default: in "
         "the run folder, or the current folder for a model spec",
     )
+    v.add_argument("--no-choices", action="store_true", help="skip option scoring")
     v.add_argument("--json", action="store_true")
     v.set_defaults(fn=cmd_eval)
 
-    c = sub.add_parser("compare", help="table of finished runs")
-    c.add_argument("runs_dirs", nargs="+", metavar="RUN_DIR")
-    c.add_argument("--out", default=".", help="folder for comparison.csv and comparison.md")
+    c = sub.add_parser(
+        "compare",
+        help="table of finished runs; paired statistics for every pair on the same examples",
+    )
+    c.add_argument(
+        "runs_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="training run folders (their dev_predictions.jsonl) or `distill eval` "
+        "predictions files",
+    )
+    c.add_argument("--out", default=".", help="folder for comparison.csv/.md and pairs.csv/.md")
+    c.add_argument(
+        "--metric",
+        choices=["correct", "choice_correct", "choice_correct_sum"],
+        default="correct",
+        help="per-example correctness compared: generation, or option ranking "
+        "(length-normalised / summed)",
+    )
+    c.add_argument("--n-boot", type=int, default=10_000, help="bootstrap resamples")
+    c.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     c.set_defaults(fn=cmd_compare)
 
     o = sub.add_parser("overlap", help="rationale vs ground-truth overlap, with random-k baselines")

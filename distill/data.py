@@ -16,7 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from explain.errors import KDLensError
-from explain.templates import LETTERS, NLI_LABELS
+from explain.templates import LETTERS
+
+# The task registry moved to distill.tasks; re-exported for modules that import it from here.
+from .tasks import TASKS, TaskSpec, get_task, register_task
 
 
 class DataError(KDLensError):
@@ -39,47 +42,6 @@ class Example:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class TaskSpec:
-    name: str
-    template: str  # explain template name
-    label_kind: str  # 'choice' | 'nli' | 'equation'
-    rationale_field: str | None = None  # column holding the human rationale
-    data_file: str | None = None  # default file, relative to the datasets folder
-    llm_split: str | None = None  # <task>/llm/<llm_split>_CoT_<i>.json
-    description: str = ""
-
-
-TASKS: dict[str, TaskSpec] = {}
-
-
-def register_task(spec: TaskSpec) -> TaskSpec:
-    TASKS[spec.name] = spec
-    return spec
-
-
-for _spec in (
-    TaskSpec("cqa", "cqa", "choice", "extractive_explanation", "cqa/cqa_train.json", "train",
-             "CommonsenseQA: question and five choices"),
-    TaskSpec("esnli", "nli", "nli", "explanation_1", "esnli/esnli_valid.json", "valid",
-             "e-SNLI: premise and hypothesis"),
-    TaskSpec("anli1", "nli", "nli", "reason", "anli1/anli1_valid.json", "valid",
-             "ANLI round 1: premise and hypothesis"),
-    TaskSpec("svamp", "svamp", "equation", None, "svamp/svamp_train.json", "train",
-             "SVAMP: math word problem, answer an equation"),
-):  # fmt: skip
-    register_task(_spec)
-
-
-def get_task(task: str | TaskSpec) -> TaskSpec:
-    if isinstance(task, TaskSpec):
-        return task
-    try:
-        return TASKS[task]
-    except KeyError:
-        raise DataError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}") from None
 
 
 def default_path(task: str, datasets_dir: str | Path) -> Path:
@@ -201,19 +163,21 @@ def _choice_label(r: _Rec, choices: list[str]) -> str:
     raise r.error("answer", f"{ans!r} is not one of the choices")
 
 
-def _nli_label(r: _Rec) -> str:
+def _fixed_label(r: _Rec, labels: tuple[str, ...]) -> str:
+    """A label word of a fixed set, given as the word (any case) or its index (0, "1", ...)."""
     v = r.raw("label")
     if isinstance(v, bool):
-        v = None  # bool is an int in Python; true/false is no NLI label
-    elif isinstance(v, int) and 0 <= v < 3:
-        return NLI_LABELS[v]
+        v = None  # bool is an int in Python; true/false is no label index
+    elif isinstance(v, int) and 0 <= v < len(labels):
+        return labels[v]
     elif isinstance(v, str):
         s = v.strip().lower()
-        if s in ("0", "1", "2"):
-            return NLI_LABELS[int(s)]
-        if s in NLI_LABELS:
+        if s.isdigit() and int(s) < len(labels):
+            return labels[int(s)]
+        if s in labels:
             return s
-    raise r.error("label", f"{v!r} is not 0, 1, 2 (entailment, neutral, contradiction)")
+    names = ", ".join(labels)
+    raise r.error("label", f"{v!r} is not one of 0..{len(labels) - 1} ({names})")
 
 
 def split_svamp(text: str) -> tuple[str, str]:
@@ -247,21 +211,44 @@ def _record_id(r: _Rec, task: str) -> str:
     return f"{task}-{r.line}"
 
 
-def _example(spec: TaskSpec, r: _Rec, index: int) -> Example:
-    kind = spec.label_kind
-    if kind == "choice":
-        question = r.text("question")
-        choices = _choices(r)
-        fields = {"question": question, "choices": choices}
-        label, options = _choice_label(r, choices), list(choices)
-    elif kind == "nli":
-        fields = {"premise": r.text("premise"), "hypothesis": r.text("hypothesis")}
-        label, options = _nli_label(r), list(NLI_LABELS)
-    elif kind == "equation":
+def _text_fields(spec: TaskSpec, r: _Rec, skip: tuple[str, ...] = ()) -> dict:
+    return {f: r.text(f) for f in spec.input_fields if f not in skip}
+
+
+def _read_choice(spec: TaskSpec, r: _Rec) -> tuple[dict, str, list[str] | None]:
+    fields = _text_fields(spec, r, skip=("choices",))  # errors in file column order
+    choices = _choices(r)
+    fields["choices"] = choices
+    return fields, _choice_label(r, choices), list(choices)
+
+
+def _read_label(spec: TaskSpec, r: _Rec) -> tuple[dict, str, list[str] | None]:
+    labels = tuple(spec.labels or ())
+    return _text_fields(spec, r), _fixed_label(r, labels), list(labels)
+
+
+def _read_equation(spec: TaskSpec, r: _Rec) -> tuple[dict, str, list[str] | None]:
+    if spec.input_fields == ("body", "question"):  # SVAMP: one "input" or body+question columns
         fields = _svamp_fields(r)
-        label, options = r.text("label").strip(), None
     else:
-        raise DataError(f"task {spec.name!r} has unknown label kind {kind!r}")
+        fields = _text_fields(spec, r)
+    return fields, r.text("label").strip(), None
+
+
+# Label kind -> record reader (fields, gold label, options); the kinds of distill.tasks.
+READERS = {
+    "choice": _read_choice,
+    "label": _read_label,
+    "nli": _read_label,
+    "equation": _read_equation,
+}
+
+
+def _example(spec: TaskSpec, r: _Rec, index: int) -> Example:
+    reader = READERS.get(spec.label_kind)
+    if reader is None:
+        raise DataError(f"task {spec.name!r} has unknown label kind {spec.label_kind!r}")
+    fields, label, options = reader(spec, r)
     human = r.optional_text("human_rationale") if "human_rationale" in r.mapping else None
     if human is None:
         human = r.optional_text(spec.rationale_field)

@@ -1,15 +1,18 @@
 """Evaluate a student: batched greedy generation accuracy, choice-scoring accuracy, comparisons.
 
-Prompts come from :func:`distill.train.format_example`, so evaluation sees exactly what
-training fed the student. Generation accuracy is exact match after normalisation
-(:func:`distill.metrics.score_answer`); for tasks with a closed answer set the options are
-also ranked by the summed log-likelihood of their text as the target (choice accuracy).
+Prompts come from :func:`distill.features.example_source` (the formatting path of training),
+so evaluation sees exactly what training fed the student. Generation accuracy is exact match
+after normalisation (:func:`distill.metrics.score_answer`). For tasks with a closed answer set
+the options are also ranked by their log-likelihood as the target, two ways, as
+lm-evaluation-harness reports ``acc`` and ``acc_norm``: summed (``choice_accuracy_sum``;
+favours short options) and divided by the option's length in characters (``choice_accuracy``,
+the headline). Options are scored from one pass over the shared prompt
+(:func:`option_logprobs`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,14 +21,22 @@ from pathlib import Path
 import torch
 
 from explain.attr.scoring import Scorer, collate
-from explain.formatting import encode_target
+from explain.formatting import answer_budget, encode_target
 from explain.models import LoadedModel, load_model
 from explain.pipeline import generate
-from explain.templates import get_template
 
+from .choices import OptionRanking, _EvalMode, _length_batches, option_logprobs, rank_options
+from .compare import (  # re-exported: the comparison moved to distill.compare
+    COMPARE_COLUMNS,
+    PAIR_COLUMNS,
+    RUN_PREDICTIONS,
+    compare,
+    compare_pairs,
+    write_comparison,
+)
 from .features import example_source
 from .modes import MODES, get_mode
-from .runs import RunDir, atomic_write_text
+from .runs import RunDir
 from .train import TrainError
 
 
@@ -35,9 +46,10 @@ class EvalResult:
     ci_low: float
     ci_high: float
     n: int
-    choice_accuracy: float | None
+    choice_accuracy: float | None  # options ranked by length-normalised log-likelihood
     predictions: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    choice_accuracy_sum: float | None = None  # options ranked by summed log-likelihood
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -48,8 +60,8 @@ class Prediction:
     answer: str
     probability: float
     correct: bool | None
-    choice: str | None = None  # the option ranked first by likelihood (tasks with options)
-    choice_probs: dict[str, float] | None = None
+    choice: str | None = None  # the option ranked first by length-normalised likelihood
+    choice_probs: dict[str, float] | None = None  # softmax over the options' summed log-likelihoods
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,36 +77,14 @@ def resolve_model(
         return model, None
     path = Path(str(model)).expanduser()
     run = RunDir(path)
-    if run.exists and (run.model_dir / "config.json").is_file():
-        cfg = run.config()
+    # A run folder's config.json is the run's (it has "kind"); a model folder's is the model's.
+    cfg = run.config() if run.exists else {}
+    if "kind" in cfg and "model_type" not in cfg:
+        if not (run.model_dir / "config.json").is_file():
+            raise TrainError(f"run {path.name!r} has no final model yet (model/ is missing)")
         chat = (cfg.get("settings") or {}).get("chat_template", True)
         return model_loader(str(run.model_dir), use_chat_template=chat), cfg
-    if run.exists:
-        raise TrainError(f"run {path.name!r} has no final model yet (model/ is missing)")
     return model_loader(str(model)), None
-
-
-# ---------------------------------------------------------------------------------------------
-# Scoring primitives
-
-
-def _length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped by similar length (less padding), each group at most ``batch_size``."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-class _EvalMode:
-    """Put the model in eval mode (no dropout) and restore its training flag afterwards."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self) -> None:
-        self.model.eval()
-
-    def __exit__(self, *exc) -> None:
-        self.model.train(self.was_training)
 
 
 def prompt_ids(loaded: LoadedModel, example, mode: str, words, budget: int) -> list[int]:
@@ -147,11 +137,11 @@ def target_logprobs(
 
 
 def _options(task: str, example) -> list[str] | None:
-    from .data import get_task
+    from .tasks import get_task
 
     if example.options:
         return list(example.options)
-    return get_template(get_task(task).template).answer_options(example.fields)
+    return get_task(task).options(example.fields)
 
 
 def _words(rationales: dict | None, example, mode: str) -> list[str] | None:
@@ -174,7 +164,7 @@ def evaluate(
     limit: int | None = None,
     batch_size: int = 8,
     progress: Callable[[dict], None] | None = None,
-    max_new_tokens: int = 16,
+    max_new_tokens: int | None = None,
     max_len: int = 256,
     choices: bool = True,
     model_loader: Callable[..., LoadedModel] = load_model,
@@ -186,6 +176,7 @@ def evaluate(
     adds hints; without them the student answers bare inputs.
     """
     from .metrics import accuracy_ci, score_answer
+    from .tasks import get_task
 
     loaded, run_cfg = resolve_model(model, model_loader)
     if mode is None:
@@ -194,6 +185,9 @@ def evaluate(
         raise TrainError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     examples = list(examples)[:limit] if limit is not None else list(examples)
     emit = progress or (lambda record: None)
+    if max_new_tokens is None:  # the task's cap: its longest gold answer or option + a margin
+        answers = [e.label for e in examples] + [o for e in examples for o in (e.options or [])]
+        max_new_tokens = answer_budget(loaded, answers)
 
     sources = [
         prompt_ids(loaded, ex, mode, _words(rationales, ex, mode), max_len - max_new_tokens)
@@ -207,13 +201,14 @@ def evaluate(
     tok = loaded.tokenizer
     preds = [tok.decode(a, skip_special_tokens=True).strip() for a in answer_ids]
 
-    picks: dict[int, str] = {}
-    if choices:
-        picks = _choice_picks(loaded, task, examples, sources, batch_size, emit)
+    spec = get_task(task)
+    rankings: dict[int, OptionRanking] = {}
+    if choices and "choice_accuracy" in spec.metrics:
+        rankings = _rank_examples(loaded, task, examples, sources, batch_size, emit)
 
-    records, correct, choice_correct = [], [], []
+    records, correct, choice_norm, choice_sum = [], [], [], []
     for i, (ex, pred) in enumerate(zip(examples, preds)):
-        ok = score_answer(task, pred, ex)
+        ok = score_answer(spec, pred, ex)
         correct.append(ok)
         rec = {
             "id": ex.id,
@@ -222,11 +217,19 @@ def evaluate(
             "correct": ok,
             "choice_prediction": None,
             "choice_correct": None,
+            "choice_prediction_sum": None,
+            "choice_correct_sum": None,
         }
-        if i in picks:
-            rec["choice_prediction"] = picks[i]
-            rec["choice_correct"] = score_answer(task, picks[i], ex)
-            choice_correct.append(rec["choice_correct"])
+        if i in rankings:
+            rk = rankings[i]
+            norm, summed = rk.options[rk.best_norm], rk.options[rk.best_sum]
+            rec["choice_prediction"] = norm
+            rec["choice_correct"] = score_answer(spec, norm, ex)
+            rec["choice_prediction_sum"] = summed
+            rec["choice_correct_sum"] = score_answer(spec, summed, ex)
+            rec["option_logprobs"] = dict(zip(rk.options, rk.sums))
+            choice_norm.append(rec["choice_correct"])
+            choice_sum.append(rec["choice_correct_sum"])
         records.append(rec)
     acc, lo, hi = accuracy_ci(correct)
     settings = {
@@ -234,33 +237,35 @@ def evaluate(
         "task": task,
         "mode": mode,
         "n": len(examples),
-        "hints": bool(mode == "hint" and rationales),
+        "hints": bool(get_mode(mode).uses_hints and rationales),
         "max_new_tokens": max_new_tokens,
         "max_len": max_len,
         "batch_size": batch_size,
         "chat_template": loaded.use_chat_template,
     }
-    choice_acc = sum(choice_correct) / len(choice_correct) if choice_correct else None
-    return EvalResult(acc, lo, hi, len(examples), choice_acc, records, settings)
+
+    def mean(xs: list[bool]) -> float | None:
+        return sum(xs) / len(xs) if xs else None
+
+    return EvalResult(
+        acc, lo, hi, len(examples), mean(choice_norm), records, settings, mean(choice_sum)
+    )
 
 
-def _choice_picks(loaded, task, examples, sources, batch_size, emit) -> dict[int, str]:
-    """Example index -> the option with the highest summed log-likelihood as the target."""
-    pairs = []  # (example index, option)
-    for i, ex in enumerate(examples):
-        for opt in _options(task, ex) or []:
-            pairs.append((i, opt))
-    if not pairs:
+def _rank_examples(loaded, task, examples, sources, batch_size, emit) -> dict[int, OptionRanking]:
+    """Example index -> its options ranked by summed and length-normalised log-likelihood."""
+    opts = [_options(task, ex) or [] for ex in examples]
+    if not any(opts):
         return {}
-    emit({"stage": "scoring options", "step": 0, "total": len(pairs)})
-    targets = [encode_target(loaded, opt, eos=False) for _, opt in pairs]
-    logps = target_logprobs(loaded, [sources[i] for i, _ in pairs], targets, batch_size)
-    best: dict[int, tuple[float, str]] = {}
-    for (i, opt), lp in zip(pairs, logps):
-        total = sum(lp)
-        if i not in best or total > best[i][0]:
-            best[i] = (total, opt)
-    return {i: opt for i, (_, opt) in best.items()}
+    targets = [[encode_target(loaded, o, eos=False) for o in os_] for os_ in opts]
+    total = len(examples)
+    emit({"stage": "scoring options", "step": 0, "total": total})
+
+    def opt_progress(done: int, n: int) -> None:
+        emit({"stage": "scoring options", "step": done, "total": n})
+
+    logps = option_logprobs(loaded, sources, targets, batch_size, opt_progress)
+    return {i: rank_options(opts[i], logps[i]) for i in range(total) if opts[i]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,21 +279,25 @@ def predict_one(
     gold: str | None = None,
     mode: str = "standard",
     rationale_words: list[str] | None = None,
-    max_new_tokens: int = 16,
+    max_new_tokens: int | None = None,
     max_len: int = 256,
 ) -> Prediction:
     """Greedy answer for one input and its probability.
 
     Probability: for tasks with options, the softmax over the options' summed
-    log-likelihoods of the option the answer names (the top option when it names none);
+    log-likelihoods of the option the answer names (else the top option by length-normalised
+    log-likelihood, which is also ``choice``);
     otherwise exp of the mean token log-prob of the generated answer.
     """
-    from .data import Example, get_task
-    from .metrics import parse_choice, score_answer
+    from .data import Example
+    from .metrics import normalize, score_answer
+    from .tasks import get_task
 
     spec = get_task(task)
-    options = get_template(spec.template).answer_options(fields)
+    options = spec.options(fields)
     ex = Example(id="input", task=spec.name, fields=dict(fields), label=gold or "", options=options)
+    if max_new_tokens is None:  # the options' length, or room for an expression
+        max_new_tokens = answer_budget(loaded, options) if options else 32
     src = prompt_ids(loaded, ex, mode, rationale_words, max_len - max_new_tokens)
     ans_ids = generate_answers(loaded, [src], max_new_tokens, 1)[0]
     answer = loaded.tokenizer.decode(ans_ids, skip_special_tokens=True).strip()
@@ -299,114 +308,30 @@ def predict_one(
         lp = target_logprobs(loaded, [src], [ans_ids])[0]
         return Prediction(answer, math.exp(sum(lp) / len(lp)), correct)
     targets = [encode_target(loaded, o, eos=False) for o in options]
-    sums = [sum(lp) for lp in target_logprobs(loaded, [src] * len(options), targets)]
-    probs = torch.softmax(torch.tensor(sums, dtype=torch.float64), dim=0).tolist()
-    top = max(range(len(options)), key=lambda k: sums[k])
-    named = parse_choice(answer, options)
-    pick = named if named is not None else top
+    rk = rank_options(options, option_logprobs(loaded, [src], [targets])[0])
+    probs = torch.softmax(torch.tensor(rk.sums, dtype=torch.float64), dim=0).tolist()
+    named = spec.parse_answer(answer, options)
+    norm_opts = [normalize(o) for o in options]
+    top = rk.best_norm
+    pick = norm_opts.index(named) if isinstance(named, str) and named in norm_opts else top
     return Prediction(
         answer, probs[pick], correct, options[top], {o: p for o, p in zip(options, probs)}
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Comparing runs
-
-
-COMPARE_COLUMNS = [
-    "run",
-    "mode",
-    "student",
-    "task",
-    "steps",
-    "accuracy",
-    "ci_low",
-    "ci_high",
-    "ci",
-    "choice_accuracy",
-    "n",
-    "settings",
-]
-_KEY_SETTINGS = (
-    "alpha",
-    "lr",
-    "batch_size",
-    "grad_accum",
-    "seed",
-    "max_len",
-    "dev_size",
-    "limit",
-    "rationales",
-)
-
-
-def compare(run_dirs: list[str | Path]):
-    """One row per finished training run: accuracy with its 95% interval and key settings."""
-    import pandas as pd
-
-    rows = []
-    for d in run_dirs:
-        run = RunDir(d)
-        summary = run.summary()
-        if summary is None:
-            raise TrainError(f"run {run.name!r} is not finished (no summary.json)")
-        cfg = run.config()
-        settings = cfg.get("settings") or summary.get("settings") or {}
-        key = {k: settings.get(k) for k in _KEY_SETTINGS if k in settings}
-        extraction = ((cfg.get("rationales") or {}).get("settings")) or None
-        if extraction:
-            key["extraction"] = extraction
-        acc, lo, hi = summary.get("accuracy"), summary.get("ci_low"), summary.get("ci_high")
-        rows.append(
-            {
-                "run": run.name,
-                "mode": summary.get("mode", settings.get("mode")),
-                "student": summary.get("student", settings.get("student")),
-                "task": summary.get("task", settings.get("task")),
-                "steps": summary.get("steps"),
-                "accuracy": acc,
-                "ci_low": lo,
-                "ci_high": hi,
-                "ci": f"{lo:.3f}-{hi:.3f}" if lo is not None and hi is not None else "",
-                "choice_accuracy": summary.get("choice_accuracy"),
-                "n": summary.get("n"),
-                "settings": json.dumps(key, sort_keys=True, default=str),
-            }
-        )
-    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
-
-
-def _markdown(df) -> str:
-    def cell(v) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return ""
-        if isinstance(v, float):
-            return f"{v:.4f}"
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_comparison(df, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``comparison.csv`` and ``comparison.md`` into ``out_dir``; returns both paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out / "comparison.csv", out / "comparison.md"
-    atomic_write_text(csv_path, df.to_csv(index=False))
-    atomic_write_text(md_path, _markdown(df))
-    return csv_path, md_path
-
-
 __all__ = [
+    "COMPARE_COLUMNS",
+    "PAIR_COLUMNS",
+    "RUN_PREDICTIONS",
     "EvalResult",
     "Prediction",
     "compare",
+    "compare_pairs",
     "evaluate",
     "generate_answers",
+    "option_logprobs",
+    "OptionRanking",
+    "rank_options",
     "predict_one",
     "resolve_model",
     "target_logprobs",

@@ -7,10 +7,13 @@ import math
 import operator
 import re
 import string
+from typing import TYPE_CHECKING
 
 from explain.templates import LETTERS, NLI_LABELS
 
-from .data import Example, TaskSpec, get_task
+if TYPE_CHECKING:
+    from .data import Example
+    from .tasks import TaskSpec
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans({c: " " for c in string.punctuation})
@@ -94,21 +97,44 @@ def parse_number(text: str) -> float | None:
 # ---------------------------------------------------------------------------------------------
 # Parsing predictions
 
+# "Answer:", "The answer is", "So the correct answer is option", "Choice:" (repeatable).
 _ANSWER_PREFIX = re.compile(
-    r"^\s*(?:so\s+)?(?:the\s+)?(?:correct\s+)?answer(?:\s+is)?\s*[:\-]?\s*", re.IGNORECASE
+    r"^\s*(?:(?:so\s+)?(?:the\s+)?(?:correct\s+|final\s+|right\s+)?"
+    r"(?:answer|option|choice)(?:\s+is)?\s*[:\-]?\s*)+",
+    re.IGNORECASE,
 )
 
 
-def parse_letter(prediction: str, n_options: int) -> int | None:
-    """The option index of a letter answer: "b", "(b)", "b)", "B.", "Answer: b", "(b) text"."""
-    s = _ANSWER_PREFIX.sub("", str(prediction or "")).strip().lower()
+def _strip_prefix(prediction: str) -> str:
+    return _ANSWER_PREFIX.sub("", str(prediction or "")).strip()
+
+
+def _letter_form(prediction: str, n_options: int) -> tuple[int, str] | None:
+    """(option index, the text after the letter) for a clear letter form, else None.
+
+    Clear forms (any case, after an optional "Answer:"/"The answer is"/"Option" prefix): the
+    whole answer is one letter, "(b)", "b)", "B." or "b:"; or the answer starts with "(b)",
+    "b)", "B." or "B:" followed by a space and more text. A letter followed by a space and a
+    word is the article, never a letter: "A refrigerator", "a person".
+    """
+    s = _strip_prefix(prediction)
     letters = LETTERS[:n_options]
-    m = re.fullmatch(rf"\(?([{letters}])\)?[.:]?", s)
-    if m is None:  # letter followed by the choice text: "(b) garden center", "b) garden"
-        m = re.match(rf"(?:\(([{letters}])\)|([{letters}])[).:])(?:\s|$)", s)
+    if not letters:
+        return None
+    m = re.fullmatch(rf"\(?([{letters}])\)?[.:)]?", s, re.IGNORECASE)
+    if m is None:
+        m = re.match(rf"(?:\(([{letters}])\)|([{letters}])[).:])(?=\s|$)", s, re.IGNORECASE)
     if m is None:
         return None
-    return LETTERS.index(next(g for g in m.groups() if g))
+    letter = next(g for g in m.groups() if g).lower()
+    return LETTERS.index(letter), s[m.end() :].strip()
+
+
+def parse_letter(prediction: str, n_options: int) -> int | None:
+    """The option index of a clear letter answer ("b", "(b)", "b)", "B.", "Answer: b",
+    "(b) text"), or None; "A refrigerator" is an article, not option (a)."""
+    form = _letter_form(prediction, n_options)
+    return None if form is None else form[0]
 
 
 def _occurrences(hay: str, needle: str) -> list[tuple[int, int]]:
@@ -118,51 +144,86 @@ def _occurrences(hay: str, needle: str) -> list[tuple[int, int]]:
     return [(m.start(), m.end()) for m in re.finditer(rf"(?<!\S){re.escape(needle)}(?!\S)", hay)]
 
 
-def parse_choice(prediction: str, options: list[str]) -> int | None:
-    """The index of the chosen option, or None when the prediction names none or several.
-
-    Order: exact text match, a letter, then the text of exactly one option (occurrences inside
-    a longer matched option do not count, so "golden gate bridge" is not also "bridge").
-    """
-    norm_opts = [normalize(o) for o in options]
-    pred = normalize(prediction)
+def _named_option(text: str, norm_opts: list[str]) -> int | None:
+    """The option a text names: exact match, else the text of exactly one option (occurrences
+    inside a longer matched option do not count: "golden gate bridge" is not also "bridge")."""
+    pred = normalize(text)
     if pred and pred in norm_opts:
         return norm_opts.index(pred)
-    letter = parse_letter(prediction, len(options))
-    if letter is not None:
-        return letter
     spans = {o: _occurrences(pred, o) for o in set(norm_opts) if o}
     named = []
     for o, occ in spans.items():
         longer = [s for p, ss in spans.items() if p != o and o in p for s in ss]
         if any(not any(a <= s and e <= b for a, b in longer) for s, e in occ):
             named.append(o)
-    if len(named) != 1:
+    return norm_opts.index(named[0]) if len(named) == 1 else None
+
+
+def parse_choice(prediction: str, options: list[str]) -> int | None:
+    """The index of the chosen option, or None when the prediction names none or several.
+
+    A clear letter form (:func:`parse_letter`) picks its option unless the text after it names
+    a different one ("(a) bridge" when (a) is "bus depot": ambiguous, None). Without a letter
+    form, the option whose text the prediction is or names uniquely.
+    """
+    norm_opts = [normalize(o) for o in options]
+    form = _letter_form(prediction, len(options))
+    if form is None:
+        return _named_option(prediction, norm_opts)
+    letter, rest = form
+    named = _named_option(rest, norm_opts) if rest else None
+    if named is None or norm_opts[named] == norm_opts[letter]:
+        return letter
+    return None
+
+
+# Words that negate a label mentioned right after them ("not entailment", "no contradiction").
+_NEGATION = re.compile(r"\b(?:not|no|non|never|neither|nor|cannot|without)\b|n't\b")
+_CLAUSE = re.compile(r"[.;!?,]|\bbut\b")
+
+
+def parse_label(prediction: str, labels: list[str] | tuple[str, ...]) -> str | None:
+    """The one label a prediction asserts, or None when it asserts none, a negated one only
+    ("not entailment"), or several.
+
+    An answer that opens with a label as its own sentence wins ("Neutral. It is not a
+    contradiction or an entailment"). Otherwise label words count unless a negation precedes
+    them in the same clause (up to 3 words back); exactly one asserted label is the answer.
+    """
+    s = _strip_prefix(prediction).lower()
+    words = [str(w).lower() for w in labels]
+    if not s or not words:
         return None
-    return norm_opts.index(named[0])
+    alt = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    first = re.match(rf"[\s\"'(*]*({alt})[\s\"')*]*(?:[.!:;\n]|$)", s)
+    if first:
+        return first.group(1)
+    asserted, prev_end = set(), 0
+    for m in re.finditer(rf"\b({alt})\b", s):
+        before = s[prev_end : m.start()]
+        clause = _CLAUSE.split(before)[-1]
+        if not _NEGATION.search(" ".join(clause.split()[-3:])):
+            asserted.add(m.group(1))
+        prev_end = m.end()
+    return asserted.pop() if len(asserted) == 1 else None
 
 
 def parse_nli(prediction: str) -> str | None:
-    """The first NLI label word anywhere in the prediction."""
-    m = re.search(rf"\b({'|'.join(NLI_LABELS)})\b", str(prediction or "").lower())
-    return m.group(1) if m else None
+    """The NLI label a prediction asserts (:func:`parse_label` over the three label words)."""
+    return parse_label(prediction, NLI_LABELS)
 
 
 def score_answer(task: str | TaskSpec, prediction: str, example: Example) -> bool:
-    """Whether a generated prediction is correct for the example (see DESIGN.md section 5)."""
-    kind = get_task(task).label_kind
-    if kind == "choice":
-        options = example.options or example.fields.get("choices") or []
-        idx = parse_choice(prediction, options)
-        return idx is not None and normalize(options[idx]) == normalize(example.label)
-    if kind == "nli":
-        return parse_nli(prediction) == normalize(example.label)
-    if kind == "equation":
-        gold, pred = safe_eval(example.label), parse_number(prediction)
-        if gold is None:
-            gold = parse_number(example.label)
-        return gold is not None and pred is not None and abs(gold - pred) < 1e-4
-    raise ValueError(f"unknown label kind {kind!r}")
+    """Whether a generated prediction is correct for the example (see DESIGN.md section 5).
+
+    The task's spec parses the prediction into a canonical answer (option text, label word,
+    number) and normalises the gold label; see :mod:`distill.tasks`.
+    """
+    from .tasks import get_task
+
+    spec = get_task(task)
+    options = example.options or spec.options(example.fields)
+    return spec.is_correct(prediction, example.label, options)
 
 
 def accuracy_ci(correct: list[bool], z: float = 1.96) -> tuple[float, float, float]:

@@ -15,6 +15,7 @@ from distill import train as tr
 from distill.data import Example, load_task
 from distill.metrics import accuracy_ci
 from distill.runs import RunDir
+from explain.formatting import encode_target
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,10 +29,9 @@ def patch_generation(monkeypatch, loaded, answers: dict[str, str], mode="standar
     by_prompt = {}
     for i in range(len(ITEMS)):
         ex = example(i)
-        src, _ = tr.format_example(ex, mode, "predict", None, loaded)
         if ex.id in answers:
             ids = loaded.tokenizer(answers[ex.id], add_special_tokens=False)["input_ids"]
-            by_prompt[tuple(tr.encode_source(loaded, src))] = ids
+            by_prompt[tuple(ev.prompt_ids(loaded, ex, mode, None, 10_000))] = ids
     calls = []
 
     def fake_generate(lm, prompts, max_new_tokens):
@@ -62,8 +62,11 @@ def test_accuracy_and_ci_with_known_outputs(monkeypatch, family):
         "correct": False,
         "choice_prediction": None,
         "choice_correct": None,
+        "choice_prediction_sum": None,
+        "choice_correct_sum": None,
     }
-    assert r.choice_accuracy is None and r.settings["mode"] == "standard"
+    assert r.choice_accuracy is None and r.choice_accuracy_sum is None
+    assert r.settings["mode"] == "standard"
     r = ev.evaluate(lm, "cqa", exs, limit=2, choices=False)
     assert r.n == 2 and r.accuracy == 1.0
 
@@ -81,26 +84,111 @@ def _direct_logprob(lm, src: list[int], tgt: list[int]) -> float:
 
 
 @pytest.mark.parametrize("family", ["llama", "t5"])
-def test_choice_scoring_picks_highest_likelihood(family):
+def test_choice_scoring_picks_summed_and_normalised(family):
     lm = tiny.loaded(family, seed=3)
     exs = examples(4)
     r = ev.evaluate(lm, "cqa", exs, batch_size=3, max_new_tokens=2)
     for ex, pred in zip(exs, r.predictions):
-        src = tr.encode_source(lm, tr.format_example(ex, "standard", "predict", None, lm)[0])
-        scores = {
-            o: _direct_logprob(lm, src, tr.encode_target(lm, o, eos=False)) for o in ex.options
-        }
-        assert pred["choice_prediction"] == max(scores, key=scores.get)
+        src = ev.prompt_ids(lm, ex, "standard", None, 10_000)
+        sums = {o: _direct_logprob(lm, src, encode_target(lm, o, eos=False)) for o in ex.options}
+        norms = {o: v / len(o) for o, v in sums.items()}  # lm-eval acc_norm: per character
+        assert pred["choice_prediction_sum"] == max(sums, key=sums.get)
+        assert pred["choice_prediction"] == max(norms, key=norms.get)
         assert pred["choice_correct"] == (pred["choice_prediction"] == ex.label)
-    choice_ok = [p["choice_correct"] for p in r.predictions]
-    assert r.choice_accuracy == pytest.approx(sum(choice_ok) / len(choice_ok))
+        assert pred["choice_correct_sum"] == (pred["choice_prediction_sum"] == ex.label)
+        for o in ex.options:
+            assert pred["option_logprobs"][o] == pytest.approx(sums[o], abs=1e-4)
+    norm_ok = [p["choice_correct"] for p in r.predictions]
+    sum_ok = [p["choice_correct_sum"] for p in r.predictions]
+    assert r.choice_accuracy == pytest.approx(sum(norm_ok) / len(norm_ok))
+    assert r.choice_accuracy_sum == pytest.approx(sum(sum_ok) / len(sum_ok))
+
+
+def test_normalised_ranking_differs_from_summed():
+    # A long option with a lower total but a higher per-character log-likelihood.
+    rk = ev.rank_options(["no", "a much longer option"], [[-2.0], [-1.0, -1.0, -1.0]])
+    assert rk.best_sum == 0 and rk.best_norm == 1
+    assert rk.norms == [pytest.approx(-1.0), pytest.approx(-3.0 / 20)]
+
+
+def _tiny_qwen2(seed: int):
+    """A tiny random Qwen2 (the teacher's architecture: q/k/v biases)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from explain.models import prepare
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=400,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    model = Qwen2ForCausalLM(cfg).eval()
+    return prepare("tiny-qwen2", model, tiny.tiny_tokenizer(), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("family", ["llama", "t5", "qwen2"])
+def test_option_fast_path_equals_full_prompts(family):
+    """One prompt pass + options from its cache/encoder states == each option after its full
+    prompt: same log-probs (1e-3), same picks; questions of different lengths and option
+    counts batched together (left padding for decoder-only)."""
+    lm = _tiny_qwen2(5) if family == "qwen2" else tiny.loaded(family, seed=5)
+    exs = examples(5)
+    srcs = [ev.prompt_ids(lm, e, "standard", None, 10_000)
+            for e in exs]  # fmt: skip
+    srcs[1] = srcs[1][3:]  # uneven prompt lengths inside one batch
+    opts = [[encode_target(lm, o, eos=False) for o in e.options] for e in exs]
+    opts[2] = opts[2][:3] + [encode_target(lm, "cupboard table sink", eos=False)]
+    opts[4] = []  # a question without options scores nothing
+    fast = ev.option_logprobs(lm, srcs, opts, batch_size=3)
+    pairs = [(i, k) for i in range(len(exs)) for k in range(len(opts[i]))]
+    full = ev.target_logprobs(lm, [srcs[i] for i, _ in pairs], [opts[i][k] for i, k in pairs])
+    assert [len(f) for f in fast] == [len(o) for o in opts]
+    for (i, k), lp in zip(pairs, full):
+        assert len(fast[i][k]) == len(opts[i][k])
+        assert fast[i][k] == pytest.approx(lp, abs=1e-3)
+    for i in range(4):
+        by_fast = [sum(x) for x in fast[i]]
+        by_full = [sum(lp) for (j, _k), lp in zip(pairs, full) if j == i]
+        assert by_fast.index(max(by_fast)) == by_full.index(max(by_full))
+
+
+def test_option_scoring_runs_each_prompt_once(monkeypatch):
+    lm = tiny.loaded("llama", seed=5)
+    exs = examples(4)
+    srcs = [ev.prompt_ids(lm, e, "standard", None, 10_000)
+            for e in exs]  # fmt: skip
+    opts = [[encode_target(lm, o, eos=False) for o in e.options] for e in exs]
+    seen = []
+    real = lm.model.forward
+
+    def spy(*args, **kwargs):
+        ids = kwargs.get("input_ids")
+        seen.append(tuple(ids.shape))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm.model, "forward", spy)
+    ev.option_logprobs(lm, srcs, opts, batch_size=4)
+    longest = max(map(len, srcs))
+    longest_opt = max(len(o) for os_ in opts for o in os_)
+    assert seen == [(4, longest), (20, longest_opt)]  # prompts once, then 20 options
 
 
 @pytest.mark.parametrize("family", ["llama", "t5"])
 def test_batched_logprobs_match_unbatched(family):
     lm = tiny.loaded(family, seed=1)
-    srcs = [tr.encode_source(lm, s) for s in ["predict: where is the sink?", "a", "Sam had"]]
-    tgts = [tr.encode_target(lm, t, eos=False) for t in ["kitchen", "cupboard table", "12"]]
+    srcs = [
+        list(lm.tokenizer(s)["input_ids"]) for s in ["predict: where is the sink?", "a", "Sam had"]
+    ]
+    tgts = [encode_target(lm, t, eos=False) for t in ["kitchen", "cupboard table", "12"]]
     batched = ev.target_logprobs(lm, srcs, tgts, batch_size=3)
     for s, t, lp in zip(srcs, tgts, batched):
         assert len(lp) == len(t)
@@ -127,24 +215,24 @@ def test_predict_one_probabilities():
     fields = {"body": "Sam had 12 apples and gave 3 to Ann.", "question": "How many are left?"}
     p = ev.predict_one(lm, "svamp", fields, gold="( 12.0 - 3.0 )", max_new_tokens=3)
     assert p.choice_probs is None and isinstance(p.correct, bool)
-    src, _ = tr.format_example(Example("x", "svamp", fields, ""), "standard", "predict", None, lm)
-    ids = ev.generate_answers(lm, [tr.encode_source(lm, src)], 3)[0]
+    src = ev.prompt_ids(lm, Example("x", "svamp", fields, ""), "standard", None, 10_000)
+    ids = ev.generate_answers(lm, [src], 3)[0]
     if ids:
-        mean = _direct_logprob(lm, tr.encode_source(lm, src), ids) / len(ids)
+        mean = _direct_logprob(lm, src, ids) / len(ids)
         assert p.probability == pytest.approx(math.exp(mean), rel=1e-4)
 
 
 def test_predict_one_hint_uses_words(monkeypatch):
     lm = tiny.loaded("llama")
     seen = []
-    real = ev.format_example
+    real = ev.example_source
 
     def spy(*args, **kwargs):
         out = real(*args, **kwargs)
-        seen.append(out[0])
+        seen.append(out.prompt.text)
         return out
 
-    monkeypatch.setattr(ev, "format_example", spy)
+    monkeypatch.setattr(ev, "example_source", spy)
     ev.predict_one(
         lm,
         "cqa",
@@ -218,3 +306,80 @@ def test_compare_and_write(tmp_path):
 def test_data_written_by_helper_is_loadable(tmp_path):
     exs = load_task("cqa", write_cqa(tmp_path))
     assert [e.label for e in exs] == [a for _q, _c, a in ITEMS]
+
+
+def _write_preds(path, correct: dict[str, bool]) -> None:
+    lines = [
+        json.dumps({"id": i, "prediction": "x", "gold": "y", "correct": ok, "choice_correct": ok})
+        for i, ok in correct.items()
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_compare_pairs_from_runs_and_prediction_files(tmp_path, capsys):
+    from distill.cli import main
+
+    a = _finished_run(tmp_path, "std", "standard", 0.4)
+    b = _finished_run(tmp_path, "sal", "saliency", 0.6)
+    ids = [f"q{i}" for i in range(10)]
+    # std right on q0-q3; sal right on q0-q7: 4 discordant pairs, all for sal
+    _write_preds(a / ev.RUN_PREDICTIONS, {i: n < 4 for n, i in enumerate(ids)})
+    _write_preds(b / ev.RUN_PREDICTIONS, {i: n < 8 for n, i in enumerate(ids)})
+    teacher = tmp_path / "predictions-cqa-dev.jsonl"  # from `distill eval` of a model spec
+    _write_preds(teacher, {i: True for i in reversed(ids)})
+    other = tmp_path / "other.jsonl"
+    _write_preds(other, {"z1": True})
+
+    df, skipped = ev.compare_pairs([a, b, teacher, other], n_boot=2000)
+    assert list(df.columns) == ev.PAIR_COLUMNS
+    row = df.iloc[0]
+    assert (row.model_a, row.model_b, row.n) == ("std", "sal", 10)
+    assert row.difference == pytest.approx(-0.4)
+    assert row.mcnemar_p == pytest.approx(2 / 16)  # 4 discordant, all one way: 2 * (1/2)^4
+    assert (row.a_only, row.b_only) == (0, 4) and row.ci_low <= -0.4 <= row.ci_high
+    assert len(df) == 3 and df.iloc[2].model_b == str(teacher)
+    assert [s[1] for s in skipped] == [str(other)] * 3
+
+    rows = ev.compare([a, teacher])
+    assert rows.loc[1, "accuracy"] == 1.0 and rows.loc[1, "n"] == 10
+
+    c = _finished_run(tmp_path, "nopreds", "standard", 0.5)
+    with pytest.raises(tr.TrainError, match="no per-example predictions"):
+        ev.compare_pairs([a, c])
+
+    out = tmp_path / "cmp"
+    assert (
+        main(["compare", str(a), str(b), str(teacher), "--out", str(out), "--n-boot", "500"]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "McNemar" in printed and "std" in printed
+    md = (out / "pairs.md").read_text().splitlines()
+    assert md[0].startswith("| model_a | model_b | n | accuracy_a |") and len(md) == 5
+    assert (out / "pairs.csv").read_text().splitlines()[1].startswith("std,sal,10,")
+    assert (out / "comparison.csv").is_file()
+
+
+def test_cli_eval_shows_progress_bars(tiny_model_dir, tmp_path, capsys):
+    from distill.cli import main
+
+    data = write_cqa(tmp_path / "data")
+    out = tmp_path / "preds.jsonl"
+    args = ["eval", "--model", tiny_model_dir, "--task", "cqa", "--data", str(data)]
+    assert main([*args, "--limit", "3", "--predictions", str(out)]) == 0
+    cap = capsys.readouterr()
+    # one tqdm bar per stage, on stderr, run to completion
+    assert "generating" in cap.err and "scoring options" in cap.err and "3/3" in cap.err
+    assert "choice accuracy" in cap.out and "choice acc. sum" in cap.out
+    rec = json.loads(out.read_text().splitlines()[0])
+    assert {"choice_prediction", "choice_prediction_sum", "option_logprobs"} <= set(rec)
+
+
+def test_resolve_model_tells_runs_from_model_folders(tiny_model_dir, tmp_path):
+    # A model folder has a config.json too: it is a model spec, not an unfinished run
+    # (this used to fail with "run 'tiny-llama' has no final model yet").
+    loaded, cfg = ev.resolve_model(tiny_model_dir)
+    assert cfg is None and loaded.model.config.model_type == "llama"
+    half = RunDir(tmp_path / "half")
+    half.create({"kind": "train", "settings": {"mode": "standard"}})
+    with pytest.raises(tr.TrainError, match="no final model yet"):
+        ev.resolve_model(half.path)

@@ -5,6 +5,8 @@ from distill.metrics import (
     accuracy_ci,
     normalize,
     parse_choice,
+    parse_letter,
+    parse_nli,
     parse_number,
     safe_eval,
     score_answer,
@@ -127,3 +129,111 @@ def test_wilson_interval():
     assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
     assert accuracy_ci([True] * 5)[2] == 1.0 and accuracy_ci([False] * 5)[1] == 0.0
     assert accuracy_ci([]) == (0.0, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Defect 5: one table of answers, scored through each task's spec. "bug" marks the rows that
+# the previous parser got wrong (each fails on the old code).
+
+
+def _ex(task: str, label: str) -> Example:
+    if task == "cqa":
+        return Example("t", "cqa", {"question": "?", "choices": CHOICES}, label, list(CHOICES))
+    if task in ("esnli", "anli1"):
+        return Example("t", task, {}, label, ["entailment", "neutral", "contradiction"])
+    return Example("t", task, {}, label)
+
+
+# (task, gold, prediction, correct, bug)
+ANSWER_TABLE = [
+    # CQA: text, letters, and the article "a" (never option (a) unless it stands alone)
+    ("cqa", "bridge", "bridge", True, False),
+    ("cqa", "bridge", "A bridge.", True, False),  # article, not a letter
+    ("cqa", "bridge", "D.", True, False),
+    ("cqa", "bridge", "Answer: (D)", True, False),
+    ("cqa", "bridge", "Option D", True, True),
+    ("cqa", "bridge", "The correct answer is option d) bridge", True, False),
+    ("cqa", "bridge", "(a) bridge", False, True),  # letter (a) and text (d) disagree
+    ("cqa", "bridge", "A) bridge", False, True),
+    ("cqa", "bridge", "A: bridge", False, True),
+    ("cqa", "beach", "A. beach", False, True),
+    ("cqa", "bridge", "A", False, False),
+    ("cqa", "bus depot", "A", True, False),  # the whole answer is one letter
+    ("cqa", "bus depot", "a", True, False),
+    ("cqa", "bus depot", "(A).", True, False),
+    ("cqa", "bus depot", "A refrigerator", False, False),
+    ("cqa", "bus depot", "a person waits there", False, False),
+    ("cqa", "bus depot", "A bus depot", True, False),
+    ("cqa", "bridge", "I choose bridge over beach", False, False),  # names two
+    # NLI: label words, negation, ambiguity
+    ("esnli", "neutral", "neutral.", True, False),
+    ("esnli", "contradiction", "Contradiction", True, False),
+    ("esnli", "entailment", "ENTAILMENT", True, False),
+    ("anli1", "entailment", "The answer is: entailment", True, False),
+    ("esnli", "entailment", "not entailment", False, True),
+    ("esnli", "entailment", "Not entailment.", False, True),
+    ("esnli", "entailment", "There is no entailment here", False, True),
+    ("esnli", "entailment", "non-entailment", False, True),
+    ("esnli", "contradiction", "It is not a contradiction", False, True),
+    ("esnli", "neutral", "Not entailment, it is neutral", True, True),
+    ("anli1", "contradiction", "It isn't neutral; it's a contradiction", True, True),
+    ("esnli", "entailment", "entailment or contradiction", False, True),
+    ("esnli", "neutral", "Neutral. The premise does not say if it is an entailment.", True, False),
+    ("esnli", "neutral", "The answer is neutral, not contradiction", True, False),
+    # SVAMP: numbers compare as numbers; the gold is an equation string
+    ("svamp", "( 12.0 / 3.0 )", "4", True, False),
+    ("svamp", "( 12.0 / 3.0 )", "4.0", True, False),
+    ("svamp", "( 12.0 / 3.0 )", "$4", True, False),
+    ("svamp", "( 12.0 / 3.0 )", "4 apples", True, False),
+    ("svamp", "( 12.0 / 3.0 )", "Answer: 4.", True, False),
+    ("svamp", "( 12.0 / 3.0 )", "( 12 / 3 )", True, False),
+    ("svamp", "( 12.0 / 3.0 )", "12 / 3 = 4 apples", True, False),
+    ("svamp", "( 12.0 / 3.0 )", "5", False, False),
+    ("svamp", "( 500.0 * 2.0 )", "1,000", True, False),
+    ("svamp", "( 500.0 * 2.0 )", "$1,000", True, False),
+    ("svamp", "( 500.0 * 2.0 )", "1000.0 dollars", True, False),
+    ("svamp", "5", "5.0", True, False),
+    ("svamp", "5", "5 apples", True, False),
+    ("svamp", "5", "-5", False, False),
+]
+
+
+@pytest.mark.parametrize("task, gold, pred, ok, bug", ANSWER_TABLE)
+def test_answer_table(task, gold, pred, ok, bug):
+    assert score_answer(task, pred, _ex(task, gold)) is ok
+
+
+def test_answer_table_size():
+    assert len(ANSWER_TABLE) >= 30 and sum(b for *_, b in ANSWER_TABLE) >= 12
+
+
+@pytest.mark.parametrize(
+    "pred, idx",
+    [
+        ("A refrigerator", None),
+        ("a person", None),
+        ("A", 0),
+        ("(b) beach", 1),
+        ("b: beach", 1),
+        ("Answer: C", 2),
+        ("I think A", None),  # a letter inside a sentence is not a clear form
+        ("(f)", None),
+    ],
+)
+def test_parse_letter_forms(pred, idx):
+    assert parse_letter(pred, 5) == idx
+
+
+@pytest.mark.parametrize(
+    "pred, label",
+    [
+        ("not entailment", None),
+        ("neutral.", "neutral"),
+        ("Contradiction", "contradiction"),
+        ("no contradiction, so entailment", "entailment"),
+        ("maybe", None),
+        ("", None),
+    ],
+)
+def test_parse_nli(pred, label):
+    assert parse_nli(pred) == label

@@ -1,0 +1,165 @@
+"""Paired statistics for two models scored on the same examples.
+
+Two models answer the same questions, so their errors are correlated; unpaired intervals
+(each model's own Wilson interval) overlap far more than the difference warrants. Here:
+
+- accuracy difference ``acc(a) - acc(b)``;
+- its paired bootstrap interval: resample examples (with replacement, seeded), take the mean
+  of the per-example differences, percentiles of those means;
+- McNemar's exact test: under "no difference" each discordant example (one model right, the
+  other wrong) is a fair coin, so the p-value is a two-sided binomial test of the ``a only``
+  count among the discordant ones (``scipy.stats.binomtest``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+from explain.errors import KDLensError
+
+
+class StatsError(KDLensError):
+    """Two prediction lists that cannot be compared (different examples, missing fields)."""
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts (1.0 when there are none)."""
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    return float(sps.binomtest(a_only, n, 0.5, alternative="two-sided").pvalue)
+
+
+def paired_bootstrap_ci(
+    a: list[bool], b: list[bool], n_boot: int = 10_000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile interval of ``mean(a) - mean(b)`` over example resamples (seeded)."""
+    if len(a) != len(b):
+        raise StatsError(f"paired lists differ in length: {len(a)} vs {len(b)}")
+    if not a:
+        return 0.0, 0.0
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // len(d))  # bounded memory for long lists
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        idx = rng.integers(0, len(d), size=(stop - start, len(d)))
+        means[start:stop] = d[idx].mean(axis=1)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+@dataclass
+class PairedComparison:
+    model_a: str
+    model_b: str
+    n: int
+    accuracy_a: float
+    accuracy_b: float
+    difference: float  # accuracy_a - accuracy_b
+    ci_low: float  # paired bootstrap interval of the difference
+    ci_high: float
+    mcnemar_p: float
+    both_correct: int
+    a_only: int  # a right, b wrong
+    b_only: int
+    both_wrong: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare_correct(
+    a: list[bool],
+    b: list[bool],
+    model_a: str = "a",
+    model_b: str = "b",
+    n_boot: int = 10_000,
+    seed: int = 0,
+) -> PairedComparison:
+    """Paired figures for two aligned correctness lists."""
+    if len(a) != len(b):
+        raise StatsError(f"paired lists differ in length: {len(a)} vs {len(b)}")
+    n = len(a)
+    a_only = sum(1 for x, y in zip(a, b) if x and not y)
+    b_only = sum(1 for x, y in zip(a, b) if y and not x)
+    both = sum(1 for x, y in zip(a, b) if x and y)
+    acc_a = sum(map(bool, a)) / n if n else 0.0
+    acc_b = sum(map(bool, b)) / n if n else 0.0
+    low, high = paired_bootstrap_ci(a, b, n_boot, seed)
+    return PairedComparison(
+        model_a, model_b, n, acc_a, acc_b, acc_a - acc_b, low, high,
+        mcnemar_exact(a_only, b_only), both, a_only, b_only, n - both - a_only - b_only,
+    )  # fmt: skip
+
+
+def _by_id(preds: list[dict], name: str, key: str) -> dict[str, bool]:
+    out: dict[str, bool] = {}
+    for p in preds:
+        if "id" not in p or key not in p:
+            raise StatsError(f"{name}: a prediction lacks 'id' or {key!r}")
+        pid = str(p["id"])
+        if pid in out:
+            raise StatsError(f"{name}: example id {pid!r} appears twice")
+        if p[key] is None:
+            raise StatsError(f"{name}: example {pid!r} has no {key!r} value")
+        out[pid] = bool(p[key])
+    return out
+
+
+def compare_predictions(
+    a: list[dict],
+    b: list[dict],
+    model_a: str = "a",
+    model_b: str = "b",
+    key: str = "correct",
+    n_boot: int = 10_000,
+    seed: int = 0,
+) -> PairedComparison:
+    """Paired figures for two per-example prediction lists (``{"id", key}`` records), aligned
+    by example id; a :class:`StatsError` when they do not cover the same examples."""
+    ma, mb = _by_id(a, model_a, key), _by_id(b, model_b, key)
+    if ma.keys() != mb.keys():
+        only_a, only_b = sorted(ma.keys() - mb.keys()), sorted(mb.keys() - ma.keys())
+        raise StatsError(
+            f"{model_a} and {model_b} were not scored on the same examples "
+            f"({len(only_a)} only in {model_a}, e.g. {only_a[:3]}; "
+            f"{len(only_b)} only in {model_b}, e.g. {only_b[:3]})"
+        )
+    ids = sorted(ma)
+    return compare_correct(
+        [ma[i] for i in ids], [mb[i] for i in ids], model_a, model_b, n_boot, seed
+    )
+
+
+def pairwise(
+    runs: dict[str, list[dict]], key: str = "correct", n_boot: int = 10_000, seed: int = 0
+) -> tuple[list[PairedComparison], list[tuple[str, str]]]:
+    """Every pair of named prediction lists scored on the same examples; plus the pairs
+    skipped because their example sets differ."""
+    done, skipped = [], []
+    for (na, pa), (nb, pb) in itertools.combinations(runs.items(), 2):
+        ids_a = {str(p.get("id")) for p in pa}
+        ids_b = {str(p.get("id")) for p in pb}
+        if ids_a != ids_b:
+            skipped.append((na, nb))
+            continue
+        done.append(compare_predictions(pa, pb, na, nb, key, n_boot, seed))
+    return done, skipped
+
+
+__all__ = [
+    "PairedComparison",
+    "StatsError",
+    "compare_correct",
+    "compare_predictions",
+    "mcnemar_exact",
+    "paired_bootstrap_ci",
+    "pairwise",
+]

@@ -1,0 +1,109 @@
+"""Paired statistics against values computed by hand."""
+
+import pytest
+
+from distill.stats import (
+    StatsError,
+    compare_correct,
+    compare_predictions,
+    mcnemar_exact,
+    paired_bootstrap_ci,
+    pairwise,
+)
+
+
+@pytest.mark.parametrize(
+    "a_only, b_only, p",
+    [
+        # two-sided exact binomial, p = min(1, 2 * P(X <= min(b, c))), X ~ Bin(b + c, 1/2)
+        (1, 5, 2 * (1 + 6) / 64),  # 0.21875
+        (5, 1, 2 * (1 + 6) / 64),
+        (0, 5, 2 / 32),  # 0.0625
+        (2, 8, 2 * (1 + 10 + 45) / 1024),  # 0.109375
+        (10, 0, 2 / 1024),
+        (3, 1, 2 * (1 + 4) / 16),  # 0.625
+        (3, 3, 1.0),
+        (0, 1, 1.0),
+        (0, 0, 1.0),  # no discordant pairs: no evidence of a difference
+    ],
+)
+def test_mcnemar_exact_by_hand(a_only, b_only, p):
+    assert mcnemar_exact(a_only, b_only) == pytest.approx(p, abs=1e-12)
+
+
+def test_compare_correct_table():
+    # both right 1, a only 3, b only 1, both wrong 1
+    a = [True, True, True, True, False, False]
+    b = [True, False, False, False, True, False]
+    r = compare_correct(a, b, "std", "sal")
+    assert (r.both_correct, r.a_only, r.b_only, r.both_wrong) == (1, 3, 1, 1)
+    assert (r.n, r.accuracy_a, r.accuracy_b) == (6, pytest.approx(4 / 6), pytest.approx(2 / 6))
+    assert r.difference == pytest.approx(1 / 3)
+    assert r.mcnemar_p == pytest.approx(0.625)
+    assert r.ci_low <= r.difference <= r.ci_high
+    assert (r.model_a, r.model_b) == ("std", "sal")
+
+
+def test_bootstrap_by_hand():
+    # d = [1, 0]: a resample mean is 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4, so the
+    # 2.5th and 97.5th percentiles are 0 and 1.
+    assert paired_bootstrap_ci([True, True], [False, True]) == (0.0, 1.0)
+    # every example differs the same way: the interval is that difference
+    assert paired_bootstrap_ci([True] * 5, [False] * 5) == (1.0, 1.0)
+    assert paired_bootstrap_ci([True] * 5, [True] * 5) == (0.0, 0.0)
+
+
+def test_bootstrap_matches_normal_approximation():
+    # 30 a-only, 10 b-only, 160 concordant: d has mean 0.1 and variance 0.2 - 0.01 = 0.19,
+    # so the interval is about 0.1 +- 1.96 * sqrt(0.19 / 200) = [0.040, 0.160].
+    a = [True] * 30 + [False] * 10 + [True] * 80 + [False] * 80
+    b = [False] * 30 + [True] * 10 + [True] * 80 + [False] * 80
+    low, high = paired_bootstrap_ci(a, b, n_boot=20_000, seed=1)
+    assert low == pytest.approx(0.040, abs=0.01) and high == pytest.approx(0.160, abs=0.01)
+
+
+def test_bootstrap_seeded_and_antisymmetric():
+    a = [True, False, True, True, False, True, False, True]
+    b = [False, False, True, False, True, True, True, False]
+    assert paired_bootstrap_ci(a, b, seed=3) == paired_bootstrap_ci(a, b, seed=3)
+    low, high = paired_bootstrap_ci(a, b, seed=3)
+    assert paired_bootstrap_ci(b, a, seed=3) == (pytest.approx(-high), pytest.approx(-low))
+    with pytest.raises(StatsError, match="length"):
+        paired_bootstrap_ci(a, b[:-1])
+
+
+def _preds(pattern: dict[str, bool]) -> list[dict]:
+    return [{"id": i, "correct": ok, "prediction": "x"} for i, ok in pattern.items()]
+
+
+def test_compare_predictions_aligns_by_id():
+    a = _preds({"q1": True, "q2": True, "q3": False})
+    b = list(reversed(_preds({"q1": True, "q2": False, "q3": False})))  # another order
+    r = compare_predictions(a, b, "a", "b")
+    assert (r.a_only, r.b_only, r.both_correct, r.both_wrong) == (1, 0, 1, 1)
+    with pytest.raises(StatsError, match="not scored on the same examples"):
+        compare_predictions(a, _preds({"q1": True, "q2": True, "q4": False}))
+    with pytest.raises(StatsError, match="appears twice"):
+        compare_predictions(a + a[:1], b)
+    with pytest.raises(StatsError, match="no 'choice_correct'"):
+        compare_predictions(
+            [{"id": "q1", "choice_correct": None}], [{"id": "q1", "choice_correct": True}],
+            key="choice_correct",
+        )  # fmt: skip
+
+
+def test_pairwise_skips_pairs_on_other_examples():
+    runs = {
+        "std": _preds({"q1": True, "q2": False}),
+        "sal": _preds({"q1": True, "q2": True}),
+        "rnd": _preds({"q1": False, "q2": True}),
+        "other": _preds({"q9": True}),
+    }
+    pairs, skipped = pairwise(runs)
+    assert [(p.model_a, p.model_b) for p in pairs] == [
+        ("std", "sal"),
+        ("std", "rnd"),
+        ("sal", "rnd"),
+    ]
+    assert skipped == [("std", "other"), ("sal", "other"), ("rnd", "other")]
+    assert pairs[0].difference == pytest.approx(-0.5) and pairs[1].mcnemar_p == 1.0
