@@ -14,6 +14,7 @@ from explain.errors import KDLensError, run_cli
 from explain.packs import DEFAULT_STUDENT, DEFAULT_TEACHER
 
 from .modes import mode_names
+from .tasks import task_names
 
 
 def _examples(args: argparse.Namespace):
@@ -358,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def data_args(sp, need_data=True):
-        sp.add_argument("--task", required=True, choices=["cqa", "esnli", "anli1", "svamp"])
+        sp.add_argument("--task", required=True, choices=task_names())
         sp.add_argument("--data", required=need_data, help="JSONL/CSV file")
         sp.add_argument("--limit", type=int, help="read at most N records")
         sp.add_argument("--seed", type=int, default=0)
@@ -399,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
         aliases=["run"],
         help="extract -> train every mode -> evaluate -> results table (resumable)",
     )
-    x.add_argument("--task", required=True, choices=["cqa", "esnli", "anli1", "svamp"])
+    x.add_argument("--task", required=True, choices=task_names())
     x.add_argument("--preset", choices=["cpu", "gpu"], help="sizes (distill/pipeline.py PRESETS)")
     x.add_argument("--data", help="training data file; default: the task's bundled file")
     x.add_argument("--test-data", help="final accuracy on this file (never trained on)")
@@ -486,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     o = sub.add_parser("overlap", help="rationale vs ground-truth overlap, with random-k baselines")
     o.add_argument("--rationales", required=True, help="extraction run folder or JSONL file")
-    o.add_argument("--task", choices=["cqa", "esnli", "anli1", "svamp"])
+    o.add_argument("--task", choices=task_names())
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--n-random", type=int, default=10)
     o.add_argument("--drop-stopwords", action="store_true")

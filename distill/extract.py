@@ -29,10 +29,11 @@ from explain.models import LoadedModel
 from explain.pipeline import explain_batch
 from explain.result import AttributionResult
 
-from .data import Example, get_task
+from .data import Example
 from .metrics import score_answer
 from .rationales import RATIONALES, TARGETS
 from .runs import RunDir, RunError, append_jsonl, atomic_write_text, read_jsonl
+from .tasks import get_task
 
 
 class ExtractError(KDLensError):

@@ -13,8 +13,8 @@ import torch
 from explain.formatting import ANSWER_CUE, EXPLAIN_CUE, Source, build_source, encode_target
 from explain.models import LoadedModel
 
-from .data import get_task
 from .modes import Pair, get_mode
+from .tasks import get_task
 
 IGNORE = -100  # label value the loss skips
 

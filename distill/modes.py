@@ -131,7 +131,7 @@ class DSS(TrainingMode):
 
 def input_words(example) -> list[str]:
     """The task-input words of an example (no template text, no punctuation), in order."""
-    from .data import get_task
+    from .tasks import get_task
 
     prompt = get_template(get_task(example.task).template).render(example.fields)
     out = []

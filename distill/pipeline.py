@@ -124,6 +124,30 @@ def results_markdown(plan: Plan, models: list[ModelResult], eval_note: str) -> s
     return "\n".join(lines) + "\n"
 
 
+def paired_comparisons(models: list[ModelResult]) -> list:
+    """Every pair of models evaluated on the same examples: accuracy difference, its paired
+    bootstrap 95% interval and McNemar's exact p (:mod:`distill.stats`)."""
+    from .runs import read_jsonl
+    from .stats import pairwise
+
+    runs = {m.name: read_jsonl(m.predictions) for m in models
+            if m.predictions and Path(m.predictions).is_file()}  # fmt: skip
+    return pairwise(runs)[0]
+
+
+def pairs_markdown(pairs: list) -> str:
+    if not pairs:
+        return ""
+    lines = ["", "Paired comparisons (same examples; difference = A - B):", "",
+             "| A | B | n | A acc | B acc | difference | 95% paired bootstrap CI | McNemar p |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for p in pairs:
+        lines.append(f"| {p.model_a} | {p.model_b} | {p.n} | {p.accuracy_a:.3f} | "
+                     f"{p.accuracy_b:.3f} | {p.difference:+.3f} | [{p.ci_low:+.3f}, "
+                     f"{p.ci_high:+.3f}] | {p.mcnemar_p:.3g} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------
 # Running
 
@@ -362,7 +386,8 @@ def run_plan(
                 res = dict(res, predictions=str(Path(run_dir) / "dev_predictions.jsonl"))
             result.models.append(_model_result(mode, mode, seed, res, eval_note, run_dir, cached))
 
-    md = results_markdown(plan, result.models, eval_note)
+    pairs = paired_comparisons(result.models)
+    md = results_markdown(plan, result.models, eval_note) + pairs_markdown(pairs)
     md_path, json_path = Path(plan.out) / "results.md", Path(plan.out) / "results.json"
     atomic_write_text(md_path, md)
     payload = {
@@ -372,6 +397,7 @@ def run_plan(
         "rationale_target": target_label(plan.target) if plan.needs_rationales else None,
         "extraction": result.extraction,
         "models": [asdict(m) for m in result.models],
+        "paired": [p.to_dict() for p in pairs],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     atomic_write_json(json_path, payload)

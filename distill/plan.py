@@ -12,10 +12,11 @@ from pathlib import Path
 from explain.errors import KDLensError
 from explain.packs import DEFAULT_STUDENT, DEFAULT_TEACHER
 
-from .data import default_path, get_task
+from .data import default_path
 from .datasets import datasets_dir
 from .modes import MODES
 from .rationales import TARGETS
+from .tasks import get_task
 
 # Modes whose training needs teacher rationales, as the mode registry declares them.
 NEEDS_RATIONALES = tuple(name for name, mode in MODES.items() if mode.needs == "teacher")

@@ -72,7 +72,8 @@ def _accelerator():
 
 
 def _load_examples(config: TrainConfig):
-    from .data import attach_llm_rationales, get_task, load_llm_rationales, load_task, split
+    from .data import attach_llm_rationales, load_llm_rationales, load_task, split
+    from .tasks import get_task
 
     examples = load_task(config.task, config.data, limit=config.limit)
     if get_mode(config.mode).needs == "llm" and not any(e.llm_rationale for e in examples):

@@ -60,6 +60,13 @@ def test_run_plan_end_to_end_and_resume(tiny_model_dir, datasets_dir, tmp_path, 
     payload = json.loads((tmp_path / "exp/results.json").read_text())
     assert payload["rationale_target"] == "generated" and payload["test_sha256"] is None
     assert "dev split" in payload["evaluation"]
+    # Every pair of models was compared on the same 3 examples, with McNemar and a paired CI.
+    pairs = {(p["model_a"], p["model_b"]): p for p in payload["paired"]}
+    assert len(pairs) == 3 and all(p["n"] == 3 for p in pairs.values())
+    for p in pairs.values():
+        assert p["ci_low"] <= p["difference"] <= p["ci_high"] and 0 < p["mcnemar_p"] <= 1
+        assert p["both_correct"] + p["a_only"] + p["b_only"] + p["both_wrong"] == 3
+    assert "Paired comparisons" in md and "McNemar p" in md
     # Extraction covered exactly the training split of seed 0 (no dev example).
     rec_ids = {json.loads(x)["id"] for x in (tmp_path / "exp/extract/rationales.jsonl").open()}
     train_ids = {json.loads(x)["id"] for x in open(datasets_dir / "cqa/cqa_train.json")}
