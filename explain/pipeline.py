@@ -21,6 +21,7 @@ from .result import AttributionResult
 from .templates import Prompt, apply_chat, get_template
 from .words import merge_words, piece_aggregator, select_rationale
 
+MAX_ANSWER_TOKENS = 512  # a given answer longer than this is refused before any model work
 ANSWER_CUE = "\nAnswer:"  # appended for decoder-only models without a chat template
 
 
@@ -179,6 +180,11 @@ def explain_batch(
     answers = list(answers) if answers is not None else [None] * len(items)
     prompts = [build_prompt(loaded, template, f) for f in items]
     given = [encode_answer(loaded, p, a) if a else None for p, a in zip(prompts, answers)]
+    for g in given:
+        if g and len(g) > MAX_ANSWER_TOKENS:
+            raise InputError(
+                f"the given answer has {len(g)} tokens; the limit is {MAX_ANSWER_TOKENS} tokens"
+            )
     reserve = [len(g) if g else max_new_tokens for g in given]
     enc = [encode_prompt(loaded, p, r) for p, r in zip(prompts, reserve)]
     todo = [i for i, g in enumerate(given) if g is None]
