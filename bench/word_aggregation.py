@@ -38,17 +38,22 @@ DATA = ROOT.parent / "shared" / "datasets" / "cqa" / "cqa_train.json"
 
 def teacher_scores(model: str, n: int, max_new_tokens: int, cache: Path) -> tuple[list, dict]:
     """One teacher run per question: token scores, words (pieces), gold and human rationale."""
-    if cache.is_file():
+    meta_file = cache.with_suffix(".meta.json")
+    rows = []
+    if cache.is_file():  # resume: each finished question is appended as it completes
         rows = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
-        if len(rows) >= n:
-            return rows[:n], json.loads((cache.with_suffix(".meta.json")).read_text())
+        if len(rows) >= n and meta_file.is_file():
+            return rows[:n], json.loads(meta_file.read_text())
     records = [json.loads(line) for line in DATA.read_text().splitlines()[:n]]
+    done = {r["id"] for r in rows}
     torch.manual_seed(0)
     t0 = time.perf_counter()
     loaded = load_model(model, device="cpu", dtype="bf16")
     load_s = time.perf_counter() - t0
-    rows, seconds = [], []
+    seconds = []
     for rec in records:
+        if rec["id"] in done:
+            continue
         t0 = time.perf_counter()
         res = explain(
             loaded,
@@ -70,18 +75,19 @@ def teacher_scores(model: str, n: int, max_new_tokens: int, cache: Path) -> tupl
                 "words": [w.to_dict() for w in res.words],
             }
         )
+        with open(cache, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rows[-1], ensure_ascii=False) + "\n")
         print(f"{len(rows)}/{len(records)} {seconds[-1]:.1f}s answer={res.answer!r}", flush=True)
     meta = {
         "model": model,
         "dtype": "bf16",
         "device": "cpu",
         "load_seconds": round(load_s, 1),
-        "median_seconds_per_question": round(statistics.median(seconds), 2),
+        "median_seconds_per_question": round(statistics.median(seconds), 2) if seconds else None,
         "settings": {**vars(RATIONALE_DEFAULTS), "max_new_tokens": max_new_tokens},
         "torch_threads": torch.get_num_threads(),
     }
-    cache.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    cache.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2))
+    meta_file.write_text(json.dumps(meta, indent=2))
     return rows, meta
 
 
