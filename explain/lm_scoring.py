@@ -92,26 +92,32 @@ class Scorer:
         self.forward_calls = 0
 
     def row_bytes(self, n: int) -> int:
-        """Rough bytes one backward row needs for ``n`` stacked copies of the batch.
+        """Estimated bytes one extra backward row costs for ``n`` stacked copies of the batch.
 
-        Per layer the vectorised backward holds gradients of the hidden states, the MLP
-        activations and the attention scores; on top come the kept logits' gradients. The
-        estimate only sizes chunks, so it errs large (every layer counted as live at once).
+        The forward's saved activations are shared by all rows; each row adds, while one layer
+        is differentiated, gradients of the hidden states, attention projections and MLP
+        activations, the attention scores' gradients, and (float32) gradients of the kept
+        logits. Twice that, for allocator slack: the estimate only sizes chunks, so it errs large.
         """
         cfg = self.model.config
-        get = lambda *keys, default=0: next(  # noqa: E731
-            (int(v) for k in keys if isinstance(v := getattr(cfg, k, None), int)), default
-        )
+
+        def get(*keys: str, default: int) -> int:
+            for k in keys:
+                v = getattr(cfg, k, None)
+                if isinstance(v, int) and v > 0:
+                    return v
+            return default
+
         hidden = get("hidden_size", "d_model", "n_embd", default=1024)
         inter = get("intermediate_size", "d_ff", "n_inner", default=4 * hidden)
-        layers = get("num_hidden_layers", "num_layers", "n_layer", default=12)
         heads = get("num_attention_heads", "num_heads", "n_head", default=16)
         vocab = get("vocab_size", default=32000)
         seq = self.batch.prompt_ids.shape[1] + self.batch.answer_ids.shape[1]
         t = self.batch.answer_ids.shape[1] + 1
         width = self.prompt_embeds.element_size()
-        per_layer = seq * (4 * hidden + 2 * inter) + heads * seq * seq
-        return int(n * width * (layers * per_layer + t * vocab * 2))
+        layer = width * (seq * (6 * hidden + 3 * inter) + 2 * heads * seq * seq)
+        logits = 4 * 2 * t * vocab
+        return int(2 * n * (layer + logits))
 
     def rows_per_chunk(self, n: int, budget: int | None = None) -> int:
         """How many answer rows one vectorised backward may take within the memory budget."""
