@@ -20,7 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from explain.attr import Scorer, collate, get_method  # noqa: E402
+from explain.attr import get_method  # noqa: E402
+from explain.lm_scoring import Scorer, collate  # noqa: E402
 from explain.models import load_model  # noqa: E402
 from explain.pipeline import build_prompt, encode_prompt  # noqa: E402
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from explain.errors import KDLensError, run_cli
 from explain.packs import DEFAULT_STUDENT, DEFAULT_TEACHER
+from explain.rationale import RATIONALE_DEFAULTS
 
 from .modes import mode_names
 from .tasks import task_names
@@ -385,8 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--rows",
         choices=["answer", "tokens"],
-        default="answer",
-        help="attribute the whole answer (one backward) or each answer token",
+        default=RATIONALE_DEFAULTS.rows,
+        help="attribute each answer token (default, as the app) or the whole answer at once",
     )
     e.add_argument("--no-faithfulness", action="store_true")
     e.add_argument("--faithfulness-limit", type=int, help="ERASER figures on the first N only")

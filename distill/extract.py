@@ -27,6 +27,7 @@ from explain.errors import KDLensError
 from explain.formatting import answer_budget
 from explain.models import LoadedModel
 from explain.pipeline import explain_batch
+from explain.rationale import RATIONALE_DEFAULTS
 from explain.result import AttributionResult
 
 from .data import Example
@@ -111,7 +112,7 @@ def validate_settings(
     batch_size: int = 4,
     max_new_tokens: int | None = None,
     faithfulness_limit: int | None = None,
-    rows: str = "answer",
+    rows: str = RATIONALE_DEFAULTS.rows,
 ) -> None:
     """Refuse impossible settings before any model load or folder creation (one-line errors)."""
     from explain.attr import METHODS
@@ -259,7 +260,7 @@ def extract(
     max_new_tokens: int | None = None,
     with_faithfulness: bool = True,
     faithfulness_limit: int | None = None,
-    rows: str = "answer",
+    rows: str = RATIONALE_DEFAULTS.rows,
     seed: int = 0,
     method_settings: dict | None = None,
     config: dict | None = None,
@@ -269,8 +270,9 @@ def extract(
 ) -> dict:
     """Extract rationales for ``examples`` into the run folder ``out_dir``; return the summary.
 
-    ``rows="answer"`` (default) attributes the whole answer's log-prob in one backward pass
-    (DESIGN section 1); ``rows="tokens"`` scores each answer token and aggregates the rows.
+    Rationale settings default to :data:`explain.rationale.RATIONALE_DEFAULTS`, the ones the
+    app and the explain CLI use, so a student trains on the words the app shows for the same
+    question (``rows="answer"`` attributes the whole answer's log-prob in one backward pass).
     ``explain_settings`` passes further keyword settings to :func:`explain_batch` (e.g. the
     aggregation); like every setting that changes a record, they are part of the cache key.
 

@@ -9,7 +9,9 @@ import sys
 from . import packs
 from .attr import METHODS
 from .errors import InputError, run_cli
+from .rationale import AGGREGATES, RATIONALE_DEFAULTS, ROWS
 from .result import AttributionResult
+from .words import PIECE_AGGREGATIONS
 
 
 def _progress(msg: str, frac: float) -> None:
@@ -75,9 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--hypothesis")
     a.add_argument("--text", help="any free text prompt")
     a.add_argument("--answer", help="attribute this answer instead of the generated one")
-    a.add_argument("--method", default="saliency", choices=sorted(METHODS))
-    a.add_argument("--top-k", type=int, default=5)
-    a.add_argument("--aggregate", default="mean", help="over answer tokens: mean|sum|max|abs_mean")
+    d = RATIONALE_DEFAULTS  # the same defaults as the app and extraction
+    a.add_argument("--method", default=d.method, choices=sorted(METHODS))
+    a.add_argument("--top-k", type=int, default=d.top_k)
+    a.add_argument("--rows", default=d.rows, choices=list(ROWS), help="per answer token or one")
+    a.add_argument(
+        "--aggregate", default=d.aggregate, choices=list(AGGREGATES), help="over answer rows"
+    )
+    a.add_argument(
+        "--piece-aggregation",
+        default=d.piece_aggregation,
+        choices=list(PIECE_AGGREGATIONS),
+        help="a word's score from its subword pieces",
+    )
     a.add_argument("--max-new-tokens", type=int, default=32)
     a.add_argument("--steps", type=int, help="integrated_gradients: number of steps")
     a.add_argument("--baseline", choices=["zero", "pad"], help="IG/occlusion reference")
@@ -136,6 +148,8 @@ def _run(args: argparse.Namespace) -> int:
         answer=args.answer,
         max_new_tokens=args.max_new_tokens,
         how=args.aggregate,
+        rows=args.rows,
+        piece_aggregation=args.piece_aggregation,
         method_settings=settings,
     )
     print(json.dumps(result.to_dict(), ensure_ascii=False) if args.json else render_text(result))

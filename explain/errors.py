@@ -18,6 +18,10 @@ class PackError(KDLensError):
     """Fetching, verifying or converting a model pack failed."""
 
 
+class WeightsError(PackError):
+    """Model weights that do not fit the architecture: missing or unexpected weight keys."""
+
+
 class InputError(KDLensError):
     """Bad task input (empty question, wrong choices, unknown template...)."""
 

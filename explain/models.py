@@ -179,7 +179,10 @@ def load_model(
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a sub-second load needs no bar; fetches show their own
     try:
-        model = auto.from_pretrained(where, use_safetensors=True, **kwargs)
+        # loading info: transformers would otherwise fill missing weights with random values
+        model, loading = auto.from_pretrained(
+            where, use_safetensors=True, output_loading_info=True, **kwargs
+        )
     except (OSError, ValueError) as e:
         raise ModelSpecError(
             f"cannot load weights of {spec!r} (safetensors only): {str(e).splitlines()[0]}"
@@ -187,6 +190,9 @@ def load_model(
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+    mismatched = [k if isinstance(k, str) else k[0] for k in loading.get("mismatched_keys", [])]
+    missing = sorted(loading.get("missing_keys", [])) + mismatched
+    packs.check_weight_keys(repr(spec), missing, sorted(loading.get("unexpected_keys", [])))
     n_params = sum(p.numel() for p in model.parameters())
     torch_dtype = resolve_dtype(dtype, n_params, dev)
     model.to(device=dev, dtype=torch_dtype)

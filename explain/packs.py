@@ -8,6 +8,7 @@ The cache lives under the user's cache dir, or ``$KDLENS_CACHE`` when set.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .errors import PackError
+from .errors import PackError, WeightsError
 
 Progress = Callable[[str, float], None]  # (message, fraction 0..1)
 
@@ -82,8 +83,55 @@ def converted_dir(name: str) -> Path:
     return pack_dir(name) / "model"
 
 
+SOURCE_FILE = "source.json"  # in the converted folder: which GGUF (by sha256) it was built from
+
+
+def recorded_sha256(folder: Path) -> str | None:
+    """The GGUF sha256 a converted folder records (``source.json``; older folders: ``PACK``)."""
+    try:
+        return str(json.loads((folder / SOURCE_FILE).read_text())["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:  # folders converted before source.json: "name\nsha256 <hex>\n"
+        for line in (folder / "PACK").read_text().splitlines():
+            if line.startswith("sha256 "):
+                return line.split()[1]
+    except (OSError, IndexError):
+        pass
+    return None
+
+
 def is_converted(name: str) -> bool:
-    return (converted_dir(name) / "DONE").is_file()
+    """A finished conversion built from the pinned GGUF (a missing or other hash: rebuild)."""
+    folder = converted_dir(name)
+    return (folder / "DONE").is_file() and recorded_sha256(folder) == get_pack(name).sha256
+
+
+def check_weight_keys(what: str, missing: list[str], unexpected: list[str]) -> None:
+    """Raise :class:`WeightsError` naming the keys when weights and architecture differ."""
+    if not missing and not unexpected:
+        return
+
+    def names(keys: list[str]) -> str:
+        shown = ", ".join(sorted(keys)[:5])
+        return shown + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing ({names(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({names(unexpected)})")
+    raise WeightsError(f"weights of {what} do not fit the model: {'; '.join(parts)} weight keys")
+
+
+def load_state_strict(model, state: dict, what: str) -> None:
+    """``load_state_dict`` that tolerates only tied copies; other key mismatches raise."""
+    result = model.load_state_dict(state, assign=True, strict=False)
+    tied = set()
+    if getattr(model.config, "tie_word_embeddings", False):
+        tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [k for k in result.missing_keys if k not in tied]
+    check_weight_keys(what, missing, list(result.unexpected_keys))
 
 
 def _noop(msg: str, frac: float) -> None:
@@ -225,7 +273,9 @@ def fetch(name: str, progress: Progress = _noop) -> Path:
             done += whl.stat().st_size
             paths.append(whl)
         progress(f"{name}: downloaded {_mb(done)}", 1.0)
-        tmp = Path(tempfile.mkstemp(prefix=".gguf-", dir=root)[1])
+        fd, tmp_name = tempfile.mkstemp(prefix=".gguf-", dir=root)
+        os.close(fd)  # reopened by name below (the descriptor used to leak)
+        tmp = Path(tmp_name)
         h = hashlib.sha256()
         try:
             with open(tmp, "wb") as out:
@@ -266,11 +316,40 @@ def verify(name: str) -> bool:
     return True
 
 
-def convert(name: str, progress: Progress = _noop) -> Path:
-    """Convert the pack's GGUF once into a safetensors folder; return the folder."""
+def _convert_gguf(name: str, gguf: Path, out: Path) -> None:
+    """Write the GGUF's model and tokenizer as a safetensors folder into ``out``."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    root = gguf.parent
+    tok = AutoTokenizer.from_pretrained(str(root), gguf_file=gguf.name)
+    gmodel = AutoModelForCausalLM.from_pretrained(str(root), gguf_file=gguf.name)
+    config = AutoConfig.from_pretrained(str(root), gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    n_params = sum(p.numel() for p in gmodel.parameters())
+    # Big models are stored in bf16: half the disk, and what they run in on CPU anyway.
+    dtype = torch.bfloat16 if n_params > 1e9 else torch.float32
+    config.dtype = dtype
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(config)
+    state = {k: v.to(dtype) for k, v in gmodel.state_dict().items()}
+    load_state_strict(fresh, state, f"pack {name}")
+    if getattr(config, "tie_word_embeddings", False):
+        fresh.tie_weights()
+    del gmodel
+    _check_disk(root, int(n_params * (2 if dtype == torch.bfloat16 else 4) / 2**20 * 1.2))
+    fresh.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+
+
+def convert(name: str, progress: Progress = _noop) -> Path:
+    """Convert the pack's GGUF once into a safetensors folder; return the folder.
+
+    The GGUF is re-hashed against the pin first (a tampered or corrupt file is removed and
+    refused), and the folder records that hash in ``source.json``: a folder whose record is
+    missing or differs from the pin is rebuilt.
+    """
     pack = get_pack(name)
     target = converted_dir(name)
     if is_converted(name):
@@ -280,29 +359,14 @@ def convert(name: str, progress: Progress = _noop) -> Path:
     with FileLock(str(root / ".convert.lock")):
         if is_converted(name):
             return target
+        progress(f"{name}: checking sha256 of {gguf.name}", 0.0)
+        verify(name)  # raises (and removes the file) on a mismatch, before any conversion
         progress(f"{name}: converting GGUF to safetensors (once)", 0.0)
-        tok = AutoTokenizer.from_pretrained(str(root), gguf_file=gguf.name)
-        gmodel = AutoModelForCausalLM.from_pretrained(str(root), gguf_file=gguf.name)
-        config = AutoConfig.from_pretrained(str(root), gguf_file=gguf.name)
-        if hasattr(config, "quantization_config"):
-            delattr(config, "quantization_config")
-        n_params = sum(p.numel() for p in gmodel.parameters())
-        # Big models are stored in bf16: half the disk, and what they run in on CPU anyway.
-        dtype = torch.bfloat16 if n_params > 1e9 else torch.float32
-        config.dtype = dtype
-        with torch.device("meta"):
-            fresh = AutoModelForCausalLM.from_config(config)
-        state = {k: v.to(dtype) for k, v in gmodel.state_dict().items()}
-        fresh.load_state_dict(state, assign=True, strict=False)
-        if getattr(config, "tie_word_embeddings", False):
-            fresh.tie_weights()
-        del gmodel
-        _check_disk(root, int(n_params * (2 if dtype == torch.bfloat16 else 4) / 2**20 * 1.2))
         tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=root))
         try:
-            fresh.save_pretrained(str(tmp), safe_serialization=True)
-            tok.save_pretrained(str(tmp))
-            (tmp / "PACK").write_text(f"{name}\nsha256 {pack.sha256}\n")
+            _convert_gguf(name, gguf, tmp)
+            source = {"pack": name, "gguf": pack.gguf_name, "sha256": pack.sha256}
+            (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
             (tmp / "DONE").write_text("ok\n")
             if target.exists():
                 shutil.rmtree(target)
@@ -312,12 +376,19 @@ def convert(name: str, progress: Progress = _noop) -> Path:
             if e.errno == 28:
                 raise PackError(f"out of disk while writing {target}") from None
             raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         progress(f"{name}: converted to {target}", 1.0)
     return target
 
 
 def ensure(name: str, progress: Progress = _noop) -> Path:
-    """Fetch, verify and convert as needed; return the loadable folder."""
+    """Fetch, verify and convert as needed; return the loadable folder.
+
+    A folder converted from the pinned GGUF loads as is; otherwise the GGUF is verified
+    against the pin and the folder (re)built.
+    """
     if is_converted(name):
         return converted_dir(name)
     return convert(name, progress)

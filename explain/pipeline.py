@@ -10,16 +10,18 @@ import time
 
 import torch
 
-from .attr import collate, get_method
-from .attr.scoring import Scorer
+from .attr import get_method
 from .errors import InputError
 from .formatting import Source, build_source, encode_target, render_prompt
+from .lm_scoring import Scorer, collate
 from .models import LoadedModel
+from .rationale import AGGREGATES
+from .rationale import RATIONALE_DEFAULTS as _D
 from .result import AttributionResult
 from .templates import Prompt, get_template
-from .words import merge_words, select_rationale
+from .words import merge_words, piece_aggregator, select_rationale
 
-AGGREGATES = ("mean", "sum", "max", "abs_mean")
+MAX_ANSWER_TOKENS = 512  # a given answer longer than this is refused before any model work
 LEAD_CHARS = 16  # text allowed before an answer span ("Answer: (b) ") before it is dropped
 
 
@@ -150,19 +152,21 @@ def explain_batch(
     loaded: LoadedModel,
     items: list[dict],
     template: str = "free",
-    method: str = "saliency",
-    top_k: int = 5,
+    method: str = _D.method,
+    top_k: int = _D.top_k,
     answers: list[str | None] | None = None,
     max_new_tokens: int = 32,
-    how: str = "mean",
+    how: str = _D.aggregate,
     method_settings: dict | None = None,
-    rows: str = "tokens",
+    rows: str = _D.rows,
+    piece_aggregation: str = _D.piece_aggregation,
 ) -> list[AttributionResult]:
     """Explain a batch of task inputs (one padded forward/backward for the whole batch).
 
-    ``rows="tokens"`` gives one matrix row per answer token; ``rows="answer"`` one row for the
-    whole answer's log-prob: the same token scores as ``how="sum"`` for the linear methods,
-    at the cost of a single backward pass (what dataset extraction uses).
+    Defaults are :data:`explain.rationale.RATIONALE_DEFAULTS`, shared by the app, the CLI and
+    extraction. ``rows="tokens"`` gives one matrix row per answer token; ``rows="answer"`` one
+    row for the whole answer's log-prob: the same token scores as ``how="sum"`` for the linear
+    methods, at the cost of a single backward pass.
     """
     if not items:
         return []
@@ -170,11 +174,17 @@ def explain_batch(
         raise InputError("top-k must be at least 1")
     if how not in AGGREGATES:
         raise InputError(f"unknown aggregate {how!r}; use one of {', '.join(AGGREGATES)}")
+    piece_aggregator(piece_aggregation)  # unknown names fail before any model work
     attributor = get_method(method, **(method_settings or {}))
     t0 = time.perf_counter()
     answers = list(answers) if answers is not None else [None] * len(items)
     prompts = [build_prompt(loaded, template, f) for f in items]
     given = [encode_answer(loaded, p, a) if a else None for p, a in zip(prompts, answers)]
+    for g in given:
+        if g and len(g) > MAX_ANSWER_TOKENS:
+            raise InputError(
+                f"the given answer has {len(g)} tokens; the limit is {MAX_ANSWER_TOKENS} tokens"
+            )
     reserve = [len(g) if g else max_new_tokens for g in given]
     enc = [encode_prompt(loaded, p, r) for p, r in zip(prompts, reserve)]
     todo = [i for i, g in enumerate(given) if g is None]
@@ -201,6 +211,7 @@ def explain_batch(
         "top_k": top_k,
         "aggregate": how,
         "rows": rows,
+        "piece_aggregation": piece_aggregation,
         "max_new_tokens": max_new_tokens,
         "chat_template": prompts[0].chat,
         **attributor.settings,
@@ -212,7 +223,12 @@ def explain_batch(
         matrix = out.matrix[b, :t, sl].detach().float().cpu()
         scores = aggregate(matrix, how)
         words = merge_words(
-            e.prompt.text, e.offsets, scores.tolist(), e.special, e.prompt.input_spans
+            e.prompt.text,
+            e.offsets,
+            scores.tolist(),
+            e.special,
+            e.prompt.input_spans,
+            piece_aggregation,
         )
         tok = loaded.tokenizer
         extras = {
@@ -256,8 +272,8 @@ def explain(
     loaded: LoadedModel,
     fields: dict,
     template: str = "free",
-    method: str = "saliency",
-    top_k: int = 5,
+    method: str = _D.method,
+    top_k: int = _D.top_k,
     answer: str | None = None,
     **kwargs,
 ) -> AttributionResult:

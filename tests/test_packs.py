@@ -1,13 +1,15 @@
 """Model packs and specs: fetch, verify, concurrent fetch, clear errors (no network)."""
 
 import hashlib
+import json
 import threading
 import zipfile
+from pathlib import Path
 
 import pytest
 
 from explain import models, packs
-from explain.errors import ModelSpecError, PackError
+from explain.errors import ModelSpecError, PackError, WeightsError
 
 
 @pytest.fixture
@@ -156,3 +158,112 @@ def test_model_cache_shares_and_frees():
     with pytest.raises(ValueError):
         cache.get("typo")
     assert cache.loaded_specs() == ["b"]  # a failed load keeps what was loaded
+
+
+# --- integrity: verify before converting, record the source hash, strict weight keys ---
+
+
+@pytest.fixture
+def fake_convert(fake_pack, monkeypatch):
+    """Replace the (transformers) GGUF conversion; record what each conversion read."""
+    calls = []
+
+    def convert_gguf(name, gguf, out):
+        calls.append(gguf.read_bytes())
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(packs, "_convert_gguf", convert_gguf)
+    return calls
+
+
+def test_tampered_gguf_is_refused_before_conversion(fake_convert):
+    path = packs.fetch("fake")
+    path.write_bytes(b"GGUF but tampered")
+    with pytest.raises(PackError, match="checksum mismatch for fake"):
+        packs.ensure("fake")
+    assert fake_convert == []  # never converted
+    assert not path.exists() and not packs.converted_dir("fake").exists()
+
+
+def test_converted_folder_records_the_verified_hash(fake_pack, fake_convert):
+    pack, data = fake_pack
+    folder = packs.ensure("fake")
+    assert fake_convert == [data]
+    source = json.loads((folder / "source.json").read_text())
+    assert source["sha256"] == pack.sha256 == packs.recorded_sha256(folder)
+    assert packs.ensure("fake") == folder and len(fake_convert) == 1  # loads as is
+
+
+@pytest.mark.parametrize("record", ["wrong", "missing", "legacy-wrong"])
+def test_converted_folder_with_wrong_or_missing_hash_is_rebuilt(fake_pack, fake_convert, record):
+    pack, _ = fake_pack
+    folder = packs.ensure("fake")
+    (folder / "source.json").unlink()
+    if record == "wrong":
+        (folder / "source.json").write_text(json.dumps({"sha256": "0" * 64}))
+    if record == "legacy-wrong":  # folders converted before source.json wrote a PACK file
+        (folder / "PACK").write_text(f"fake\nsha256 {'1' * 64}\n")
+    assert (folder / "DONE").is_file() and not packs.is_converted("fake")
+    assert packs.ensure("fake") == folder
+    assert len(fake_convert) == 2 and packs.recorded_sha256(folder) == pack.sha256
+
+
+def test_legacy_folder_recording_the_pin_is_kept(fake_pack, fake_convert):
+    pack, _ = fake_pack
+    folder = packs.ensure("fake")
+    (folder / "source.json").unlink()
+    (folder / "PACK").write_text(f"fake\nsha256 {pack.sha256}\n")
+    assert packs.ensure("fake") == folder and len(fake_convert) == 1
+
+
+def test_failed_conversion_leaves_no_folder(fake_pack, monkeypatch):
+    def broken(name, gguf, out):
+        (out / "half-written").write_text("x")
+        raise packs.WeightsError("weights of pack fake do not fit")
+
+    monkeypatch.setattr(packs, "_convert_gguf", broken)
+    with pytest.raises(PackError, match="do not fit"):
+        packs.ensure("fake")
+    assert not packs.converted_dir("fake").exists()
+    assert not list(packs.pack_dir("fake").glob(".model-*"))
+
+
+def test_fetch_leaks_no_file_descriptor(fake_pack):
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc")
+    before = len(list(fds.iterdir()))
+    packs.fetch("fake")
+    assert len(list(fds.iterdir())) == before
+
+
+def test_state_dict_with_missing_or_unexpected_key_is_an_error():
+    import tiny
+    import torch
+
+    model = tiny.tiny_llama()
+    state = dict(model.state_dict())
+    packs.load_state_strict(tiny.tiny_llama(), dict(state), "ok")  # exact keys load
+    del state["model.norm.weight"]
+    with torch.device("meta"):
+        fresh = type(model)(model.config)
+    with pytest.raises(WeightsError, match=r"1 missing \(model.norm.weight\)"):
+        packs.load_state_strict(fresh, state, "pack x")
+    state["model.norm.weight"] = model.model.norm.weight
+    state["extra.weight"] = torch.zeros(2)
+    with pytest.raises(WeightsError, match=r"1 unexpected \(extra.weight\)"):
+        packs.load_state_strict(tiny.tiny_llama(), state, "pack x")
+
+
+def test_local_folder_with_a_missing_weight_is_an_error(tmp_path):
+    import tiny
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "tiny-llama"
+    tiny.tiny_llama().save_pretrained(folder, safe_serialization=True)
+    tiny.tiny_tokenizer().save_pretrained(folder)
+    state = load_file(folder / "model.safetensors")
+    del state["model.layers.1.mlp.up_proj.weight"]
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(WeightsError, match="missing.*model.layers.1.mlp.up_proj.weight"):
+        models.load_model(str(folder), device="cpu")

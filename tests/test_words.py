@@ -10,12 +10,12 @@ from explain.words import Word, merge_words, select_rationale, split_words
 TRICKY = "Sam's café sold 1,000 naïve apples (3.5 kg) — apples, apples! Über-cool e-mail?"
 
 
-def _merge(tokenizer, text, spans=None):
+def _merge(tokenizer, text, spans=None, how="sum"):
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
     scores = [float(i % 7) + 0.5 for i in range(len(ids))]
     special = [i in set(tokenizer.all_special_ids) for i in ids]
-    words = merge_words(text, offsets, scores, special, spans or [(0, len(text))])
+    words = merge_words(text, offsets, scores, special, spans or [(0, len(text))], how)
     return ids, offsets, scores, words
 
 
@@ -36,6 +36,11 @@ def _check_merge(tokenizer):
     assert any(len(w.tokens) > 1 for w in words)  # something was actually merged
     punct = {w.text for w in words if w.is_punct}
     assert {"(", ")", "—", ",", "!", "?"} <= punct and "1,000" not in punct
+    for how, agg in [("max", max), ("mean", lambda xs: sum(xs) / len(xs))]:
+        same = _merge(tokenizer, TRICKY, how=how)[3]
+        assert [w.tokens for w in same] == [w.tokens for w in words]  # same words, other scores
+        for w in same:
+            assert w.score == pytest.approx(agg([scores[i] for i in w.tokens]))
 
 
 def test_merge_words_tiny_tokenizer():
@@ -124,3 +129,47 @@ def test_result_json_roundtrip(tiny):
     assert back == result
     one = result.for_output(0)
     assert one.token_scores == result.matrix[0]
+
+
+def _two_words(how=None):
+    # "a" is one piece scoring 1.0; "xyz" is three pieces of 0.5 each
+    text = "a xyz"
+    offsets = [(0, 1), (1, 3), (3, 4), (4, 5)]
+    scores, special = [1.0, 0.5, 0.5, 0.5], [False] * 4
+    kwargs = {} if how is None else {"piece_aggregation": how}
+    return merge_words(text, offsets, scores, special, [(0, 5)], **kwargs)
+
+
+def test_default_piece_aggregation_does_not_favour_multi_piece_words():
+    from explain.words import DEFAULT_PIECE_AGGREGATION
+
+    assert DEFAULT_PIECE_AGGREGATION != "sum"
+    assert [w.text for w in select_rationale(_two_words(), 1)] == ["a"]
+    assert [w.text for w in select_rationale(_two_words("sum"), 1)] == ["xyz"]  # 1.5 > 1.0
+    assert [w.score for w in _two_words("mean")] == [1.0, 0.5]
+    with pytest.raises(InputError, match="unknown piece aggregation 'median'"):
+        _two_words("median")
+
+
+def test_piece_aggregation_is_recorded_and_reused(tiny):
+    from explain.result import AttributionResult
+
+    for how in ("sum", "max"):
+        result = explain(
+            tiny,
+            {"text": "Über-cool e-mail from Sam"},
+            answer="yes",
+            method="input_x_gradient",
+            piece_aggregation=how,
+        )
+        assert result.settings["piece_aggregation"] == how
+        multi = next(w for w in result.words if len(w.tokens) > 1)
+        agg = sum if how == "sum" else max
+        assert multi.score == pytest.approx(agg(result.token_scores[i] for i in multi.tokens))
+        one = result.for_output(0)  # re-scoring one answer row keeps the recorded aggregation
+        w0 = next(w for w in one.words if w.text == multi.text)
+        assert w0.score == pytest.approx(agg(result.matrix[0][i] for i in multi.tokens))
+        assert result.word_matrix()[0] == [w.score for w in one.words]
+    old = result.to_dict()
+    del old["settings"]["piece_aggregation"]  # results saved before the setting: sums
+    assert AttributionResult.from_dict(old).piece_aggregation == "sum"

@@ -1,8 +1,8 @@
 """Attribution methods, registered by name (``METHODS``)."""
 
+from ..lm_scoring import Scorer, ScoringBatch, collate  # re-export for older imports
 from . import gradient, integrated, occlusion  # noqa: F401  (register the built-in methods)
 from .base import METHODS, AttributionMethod, MethodOutput, get_method, register
-from .scoring import Scorer, ScoringBatch, collate
 
 __all__ = [
     "METHODS",

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from .scoring import Scorer
+from ..lm_scoring import Scorer
 
 
 @dataclass

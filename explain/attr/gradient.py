@@ -14,29 +14,60 @@ import torch
 from captum.attr import InputXGradient, Saliency
 from torch import Tensor
 
+from ..lm_scoring import Scorer
 from .base import AttributionMethod, MethodOutput, register
-from .scoring import Scorer
+
+# Messages torch raises when a kernel has no batching rule (vmap over ``grad_outputs``); only
+# these mean "run the rows one by one" -- out-of-memory and real bugs must surface unchanged.
+NO_BATCHING_RULE = ("Batching rule not implemented", "We could not generate a fallback", "vmap: ")
 
 
-def jacobian_rows(fn, x: Tensor) -> Tensor:
-    """d fn(x)[b, t] / d x[b] for every t, as [T, B, *x.shape[1:]], one forward pass."""
+def _lacks_batching_rule(e: RuntimeError) -> bool:
+    msg = str(e)
+    return any(m in msg for m in NO_BATCHING_RULE) and "out of memory" not in msg.lower()
+
+
+def _grad_rows(out: Tensor, x: Tensor, rows: range, keep: bool) -> Tensor:
+    """Gradients of ``out[:, i]`` for i in ``rows``: one vectorised backward, else one per row."""
+    t = out.shape[1]
+    eye = torch.eye(t, dtype=out.dtype, device=out.device)[rows.start : rows.stop]
+    grad_outputs = eye[:, None, :].expand(len(rows), out.shape[0], t)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # vmap slow-fallback notices
+            (g,) = torch.autograd.grad(
+                out, x, grad_outputs, retain_graph=True, is_grads_batched=True
+            )
+        return g
+    except RuntimeError as e:
+        if not _lacks_batching_rule(e):
+            raise
+    # The graph was retained above, so these per-row backwards can still walk it.
+    last = rows.stop - 1
+    return torch.stack(
+        [torch.autograd.grad(out[:, i].sum(), x, retain_graph=keep or i < last)[0] for i in rows]
+    )
+
+
+def jacobian_rows(fn, x: Tensor, chunk: int | None = None) -> Tensor:
+    """d fn(x)[b, t] / d x[b] for every t, as [T, B, *x.shape[1:]], one forward pass.
+
+    Rows go through the backward ``chunk`` at a time (default: as many as the scorer's memory
+    budget allows), so peak memory stops growing with the answer length past one chunk; the
+    result equals the all-rows-at-once Jacobian.
+    """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         out = fn(x)  # [B, T]
         t = out.shape[1]
-        eye = torch.eye(t, dtype=out.dtype, device=out.device)
-        grad_outputs = eye[:, None, :].expand(t, out.shape[0], t)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # vmap fallback notices
-                (g,) = torch.autograd.grad(out, x, grad_outputs, is_grads_batched=True)
-        except RuntimeError:
-            # Some kernels have no batching rule: one backward per row, same single forward.
-            rows = [
-                torch.autograd.grad(out[:, i].sum(), x, retain_graph=i < t - 1)[0] for i in range(t)
-            ]
-            g = torch.stack(rows)
-    return g
+        if chunk is None:
+            chunk = fn.rows_per_chunk(x.shape[0]) if hasattr(fn, "rows_per_chunk") else t
+        chunk = max(1, int(chunk))
+        parts = []
+        for start in range(0, t, chunk):
+            rows = range(start, min(start + chunk, t))
+            parts.append(_grad_rows(out, x, rows, keep=rows.stop < t))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _captum_gradient_func(forward_fn, inputs, target_ind=None, additional_forward_args=None):

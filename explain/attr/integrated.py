@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from captum.attr._utils.approximation_methods import approximation_parameters
 
+from ..lm_scoring import Scorer
 from .base import AttributionMethod, MethodOutput, register
 from .gradient import jacobian_rows
-from .scoring import Scorer
 
 
 @register

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from captum.attr import Occlusion
 
+from ..lm_scoring import Scorer
 from .base import AttributionMethod, MethodOutput, register
-from .scoring import Scorer
 
 
 @register

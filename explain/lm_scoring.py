@@ -1,0 +1,183 @@
+"""Language-model scoring: log-probabilities of answer tokens under teacher forcing.
+
+Used by attribution (the attributed quantity), faithfulness and evaluation (answer and option
+log-likelihoods). A :class:`Scorer` maps prompt embeddings ``[B', Lp, D]`` to answer-token
+log-probs ``[B', T]`` for decoder-only and encoder-decoder models alike. ``B'`` may be a
+multiple of the batch (Captum and integrated gradients stack perturbed copies step-major), so
+side inputs are tiled to match.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .models import LoadedModel
+from .rationale import ROWS
+
+
+@dataclass
+class ScoringBatch:
+    prompt_ids: Tensor  # [B, Lp], left-padded (decoder-only) or right-padded (encoder-decoder)
+    prompt_mask: Tensor  # [B, Lp], 1 for real tokens
+    answer_ids: Tensor  # [B, T], right-padded
+    answer_mask: Tensor  # [B, T]
+
+    @property
+    def size(self) -> int:
+        return self.prompt_ids.shape[0]
+
+
+def collate(
+    prompts: list[list[int]], answers: list[list[int]], pad_id: int, left_pad_prompts: bool
+) -> ScoringBatch:
+    """Pad token-id lists into a :class:`ScoringBatch` (answers of length 0 are not allowed)."""
+    if any(len(a) == 0 for a in answers):
+        raise ValueError("every answer needs at least one token")
+    lp, t = max(map(len, prompts)), max(map(len, answers))
+    b = len(prompts)
+    pids = torch.full((b, lp), pad_id, dtype=torch.long)
+    pmask = torch.zeros((b, lp), dtype=torch.long)
+    aids = torch.full((b, t), pad_id, dtype=torch.long)
+    amask = torch.zeros((b, t), dtype=torch.long)
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        sl = slice(lp - len(p), lp) if left_pad_prompts else slice(0, len(p))
+        pids[i, sl] = torch.tensor(p)
+        pmask[i, sl] = 1
+        aids[i, : len(a)] = torch.tensor(a)
+        amask[i, : len(a)] = 1
+    return ScoringBatch(pids, pmask, aids, amask)
+
+
+def _tile(x: Tensor, n: int) -> Tensor:
+    return x if x.shape[0] == n else x.repeat(n // x.shape[0], *([1] * (x.dim() - 1)))
+
+
+# Memory the batched Jacobian may use for answer rows at once; rows beyond it run in chunks.
+MEMORY_BUDGET_ENV = "KDLENS_ATTR_MEMORY_MB"
+DEFAULT_MEMORY_BUDGET_MB = 1024
+
+
+def memory_budget_bytes() -> int:
+    """The row-chunk budget: ``$KDLENS_ATTR_MEMORY_MB`` when set, else 1 GiB."""
+    raw = os.environ.get(MEMORY_BUDGET_ENV, "").strip()
+    try:
+        mb = float(raw) if raw else DEFAULT_MEMORY_BUDGET_MB
+    except ValueError:
+        mb = DEFAULT_MEMORY_BUDGET_MB
+    return int(max(mb, 1.0) * 2**20)  # one output row per answer token, or one for the whole answer
+
+
+class Scorer:
+    """Callable ``prompt_embeds -> answer log-probs [B', T]`` (or ``[B', 1]`` with
+    ``rows="answer"``: the summed log-prob, DESIGN's "answer's log-probability")."""
+
+    def __init__(self, loaded: LoadedModel, batch: ScoringBatch, rows: str = "tokens") -> None:
+        if rows not in ROWS:
+            raise ValueError(f"rows must be one of {ROWS}")
+        self.rows = rows
+        self.loaded = loaded
+        self.model = loaded.model
+        dev = loaded.device
+        self.batch = ScoringBatch(*(t.to(dev) for t in vars(batch).values()))
+        self.embedding = self.model.get_input_embeddings()
+        with torch.no_grad():
+            self.prompt_embeds = self.embedding(self.batch.prompt_ids).detach()
+            self.answer_embeds = None
+            if not loaded.is_encoder_decoder:
+                self.answer_embeds = self.embedding(self.batch.answer_ids).detach()
+        self.forward_calls = 0
+
+    def row_bytes(self, n: int) -> int:
+        """Estimated bytes one extra backward row costs for ``n`` stacked copies of the batch.
+
+        The forward's saved activations are shared by all rows; each row adds, while one layer
+        is differentiated, gradients of the hidden states, attention projections and MLP
+        activations, the attention scores' gradients, and (float32) gradients of the kept
+        logits. Twice that, for allocator slack: the estimate only sizes chunks, so it errs large.
+        """
+        cfg = self.model.config
+
+        def get(*keys: str, default: int) -> int:
+            for k in keys:
+                v = getattr(cfg, k, None)
+                if isinstance(v, int) and v > 0:
+                    return v
+            return default
+
+        hidden = get("hidden_size", "d_model", "n_embd", default=1024)
+        inter = get("intermediate_size", "d_ff", "n_inner", default=4 * hidden)
+        heads = get("num_attention_heads", "num_heads", "n_head", default=16)
+        vocab = get("vocab_size", default=32000)
+        seq = self.batch.prompt_ids.shape[1] + self.batch.answer_ids.shape[1]
+        t = self.batch.answer_ids.shape[1] + 1
+        width = self.prompt_embeds.element_size()
+        layer = width * (seq * (6 * hidden + 3 * inter) + 2 * heads * seq * seq)
+        logits = 4 * 2 * t * vocab
+        return int(2 * n * (layer + logits))
+
+    def rows_per_chunk(self, n: int, budget: int | None = None) -> int:
+        """How many answer rows one vectorised backward may take within the memory budget."""
+        budget = memory_budget_bytes() if budget is None else budget
+        return max(1, budget // max(1, self.row_bytes(n)))
+
+    @property
+    def n_outputs(self) -> int:
+        return 1 if self.rows == "answer" else self.batch.answer_ids.shape[1]
+
+    def baseline(self, kind: str = "zero") -> Tensor:
+        """Reference embeddings: ``zero`` vectors or the ``pad`` token's embedding."""
+        if kind == "zero":
+            return torch.zeros_like(self.prompt_embeds)
+        if kind == "pad":
+            pad = torch.full_like(self.batch.prompt_ids, self.loaded.tokenizer.pad_token_id)
+            with torch.no_grad():
+                return self.embedding(pad).detach()
+        raise ValueError(f"unknown baseline {kind!r}; use zero or pad")
+
+    def __call__(self, prompt_embeds: Tensor) -> Tensor:
+        self.forward_calls += 1
+        n = prompt_embeds.shape[0]
+        b = self.batch
+        pmask, aids, amask = (
+            _tile(b.prompt_mask, n),
+            _tile(b.answer_ids, n),
+            _tile(b.answer_mask, n),
+        )
+        t = aids.shape[1]
+        if self.loaded.is_encoder_decoder:
+            dec_in = self.model._shift_right(aids) if hasattr(self.model, "_shift_right") else None
+            if dec_in is None:
+                start = self.model.config.decoder_start_token_id
+                dec_in = torch.cat([torch.full_like(aids[:, :1], start), aids[:, :-1]], dim=1)
+            out = self.model(
+                inputs_embeds=prompt_embeds,
+                attention_mask=pmask,
+                decoder_input_ids=dec_in,
+                decoder_attention_mask=amask,
+                use_cache=False,
+            )
+            logits = out.logits
+        else:
+            embeds = torch.cat([prompt_embeds, _tile(self.answer_embeds, n)], dim=1)
+            mask = torch.cat([pmask, amask], dim=1)
+            # Left padding: positions count real tokens only, as in an unpadded run.
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            # Only the T positions that predict answer tokens need the (large) vocab projection.
+            # Without padding, no mask: the model can take its plain causal attention path.
+            out = self.model(
+                inputs_embeds=embeds,
+                attention_mask=None if bool(mask.all()) else mask,
+                position_ids=pos,
+                logits_to_keep=t + 1,
+                use_cache=False,
+            )
+            logits = out.logits[:, :-1]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        picked = logp.gather(-1, aids.unsqueeze(-1)).squeeze(-1)
+        picked = picked * amask.to(picked.dtype)
+        # "answer": one row, the whole answer's log-prob (one backward instead of T)
+        return picked.sum(dim=1, keepdim=True) if self.rows == "answer" else picked
