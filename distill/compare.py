@@ -10,8 +10,8 @@ import json
 import math
 from pathlib import Path
 
+from .config import TrainError
 from .runs import RunDir, atomic_write_text
-from .train import TrainError
 
 COMPARE_COLUMNS = [
     "run",

@@ -34,10 +34,10 @@ from .compare import (  # re-exported: the comparison moved to distill.compare
     compare_pairs,
     write_comparison,
 )
+from .config import TrainError
 from .features import example_source
 from .modes import MODES, get_mode
 from .runs import RunDir
-from .train import TrainError
 
 
 @dataclass
