@@ -56,22 +56,39 @@ def default_path(task: str, datasets_dir: str | Path) -> Path:
 # Reading records
 
 
+def jsonl_records(
+    path: Path, error: type[DataError] = DataError, torn_tail_ok: bool = False
+) -> Iterator[tuple[int, dict]]:
+    """(1-based line, object) for every non-blank line of a JSON-lines file.
+
+    Errors name the file and line. A UTF-8 BOM is accepted; a file that is not UTF-8 is refused
+    in one line. ``torn_tail_ok``: a last line without its newline (a kill mid-append) that is
+    not valid JSON is skipped instead of refused.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise error(f"{path.name}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    lines = text.split("\n")
+    torn_ok = torn_tail_ok and not text.endswith("\n")
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if torn_ok and n == len(lines):
+                return
+            raise error(
+                f"{path.name} line {n}: malformed JSON ({e.msg} at column {e.colno})"
+            ) from None
+        if not isinstance(rec, dict):
+            raise error(f"{path.name} line {n}: expected a JSON object, got {type(rec).__name__}")
+        yield n, rec
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path.name} line {n}: malformed JSON ({e.msg} at column {e.colno})"
-                ) from None
-            if not isinstance(rec, dict):
-                raise DataError(
-                    f"{path.name} line {n}: expected a JSON object, got {type(rec).__name__}"
-                )
-            yield n, rec
+    return jsonl_records(path)
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, dict]]:

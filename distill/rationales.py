@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import DataError
+from .data import DataError, jsonl_records
 
 RATIONALES = "rationales.jsonl"
 TARGETS = ("generated", "gold")
@@ -79,28 +79,9 @@ def check_record(rec: object, fname: str, n: int, require_label: bool = False) -
 def read_records(path: str | Path, require_label: bool = False) -> list[dict]:
     """Every record of a rationale file (or extraction run folder), validated, in file order."""
     file = rationale_file(path)
-    raw = file.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise RationaleError(f"{file.name}: not UTF-8 text (is it a rationale file?)") from None
-    lines = text.split("\n")
     # A kill mid-append leaves a last line without its newline: that line alone may be torn.
-    torn_ok = not text.endswith("\n")
-    out = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if torn_ok and n == len(lines):
-                break
-            raise RationaleError(
-                f"{file.name} line {n}: malformed JSON ({e.msg} at column {e.colno})"
-            ) from None
-        out.append(check_record(rec, file.name, n, require_label))
-    return out
+    records = jsonl_records(file, RationaleError, torn_tail_ok=True)
+    return [check_record(rec, file.name, n, require_label) for n, rec in records]
 
 
 def words_of_record(rec: dict) -> list[str]:
