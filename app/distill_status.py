@@ -96,7 +96,9 @@ def results_table(status: dict) -> str:
     """The finished experiment's results.md (the paper-style table), or an empty string."""
     path = (status.get("result") or {}).get("table_md")
     try:
-        return Path(path).read_text() if path else ""
+        md = Path(path).read_text() if path else ""
+        # The file's title as a small heading: the tab has its own.
+        return "#### " + md[2:] if md.startswith("# ") else md
     except OSError as e:
         log_error("reading results", e)
         return ""

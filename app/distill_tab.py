@@ -146,11 +146,13 @@ def run_distill(plan: Plan, progress: Callable[[dict], None], stop: threading.Ev
                 teacher_loader: Callable[[str], LoadedModel] | None = None,
                 model_loader: Callable[..., LoadedModel] | None = None) -> dict:  # fmt: skip
     """The job: :func:`distill.pipeline.run_plan`, with the job's records counting examples
-    done as steps (the status line shows one counter for every stage)."""
+    done as steps (the status line shows one counter for every stage) and naming the
+    experiment folder (the page reads its stage folders), not a stage's."""
 
     def emit(record: dict) -> None:
+        record = dict(record, run_dir=plan.out)
         if record.get("step") is None and record.get("done") is not None:
-            record = dict(record, step=record["done"])
+            record["step"] = record["done"]
         progress(record)
 
     emit({"stage": "starting", "run_dir": plan.out, "message": f"experiment {plan.out}"})

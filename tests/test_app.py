@@ -385,7 +385,7 @@ def test_distill_runs_the_pipeline_plan_and_lists_its_stages(world):
     ]
     # The finished job shows results.md in the tab.
     out = call(c, "/distill_status", None, [], None, "", "")
-    assert out[-1].startswith("# cqa: student") and "| saliency |" in out[-1]
+    assert out[-1].startswith("#### cqa: student") and "| saliency |" in out[-1]
     out = call(c, "/runs", [], None)
     names = [r[0] for r in out[1]["data"]]
     assert {"e2e/train-standard-s0", "e2e/train-saliency-s0", "e2e/extract"} <= set(names)
@@ -409,6 +409,11 @@ def test_distill_one_job_at_a_time_and_stop_keeps_a_checkpoint(world):
     while not (jobs.status()["total"] == 5000 and jobs.status()["step"] >= 2):
         assert time.time() < end, jobs.status()
         time.sleep(0.2)
+    # While a stage trains, the job names the experiment folder and the curve is drawn from
+    # its stage folder.
+    assert jobs.status()["run_dir"] == str(world["runs"] / "long")
+    fig = distill_status.progress_figure(jobs.status()["run_dir"])
+    assert fig.data and fig.data[0].name == "standard loss" and len(fig.data[0].x) >= 2
     md = call(c, "/distill_start", *start_args(world, name="second"))[0]
     assert is_error(md) and "already running" in md
     assert not (world["runs"] / "second").exists()
