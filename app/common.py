@@ -17,12 +17,13 @@ from pathlib import Path
 
 import gradio as gr
 
+from distill.datasets import datasets_dir
 from distill.jobs import JobManager, one_line
 from explain.errors import InputError, KDLensError
 from explain.models import LoadedModel, ModelCache, load_model, resolve_spec
 from explain.packs import PACKS
 
-from .paths import PathPolicy, default_datasets_dir
+from .paths import PathPolicy
 
 log = logging.getLogger("kdlens.app")
 
@@ -203,7 +204,7 @@ class AppContext:
     runs_root: Path
     model_loader: Callable[..., LoadedModel] = load_model
     cache_capacity: int = 4
-    data_root: Path = field(default_factory=default_datasets_dir)
+    data_root: Path = field(default_factory=datasets_dir)  # distill.datasets' one rule
     exports_root: Path = field(
         default_factory=lambda: Path(tempfile.gettempdir()) / "kdlens-exports"
     )

@@ -1,5 +1,6 @@
-"""The Distill tab's live view: the job's status line, its loss and dev-accuracy curves, and
-the table of run folders."""
+"""The Distill tab's live view: the job's status line, the loss and dev-accuracy curves read
+from the experiment's stage folders (``train-<mode>-s<seed>/metrics.jsonl``), its results
+table (``results.md``) and the table of run folders."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from distill.runs import list_runs
+from distill.runs import RunDir, list_runs, read_json
 
 from .common import log_error, num, short_spec
 
@@ -47,44 +48,77 @@ def status_markdown(status: dict, device: str | None = None) -> str:
         lines.append(f"⚠ {html.escape(status['error'])}")
     elif status.get("message") and status["message"] != state:
         lines.append(html.escape(str(status["message"])))
-    result = status.get("result") or {}
-    if result.get("accuracy"):
+    models = (status.get("result") or {}).get("models") or []
+    if models:
         accs = ", ".join(
-            f"{m} {a:.3f}" if num(a) is not None else f"{m} —"
-            for m, a in result["accuracy"].items()
-        )
+            f"{m['name']} {m['accuracy']:.3f}" if num(m.get("accuracy")) is not None
+            else f"{m['name']} —"
+            for m in models
+        )  # fmt: skip
         lines.append(f"dev accuracy: {accs}")
     if status.get("run_dir"):
-        lines.append(f"run folder: `{status['run_dir']}`")
+        lines.append(f"experiment folder: `{status['run_dir']}`")
     return "  \n".join(lines)
 
 
-def _segments(points: list, labels: list[str]) -> list[tuple[str, list, list]]:
-    """Split (step, value) points where the step goes back (the next run started)."""
-    segs: list[tuple[list, list]] = []
-    last = None
-    for step, v in points:
-        if last is None or step <= last:
-            segs.append(([], []))
-        segs[-1][0].append(step)
-        segs[-1][1].append(v)
-        last = step
-    return [(labels[i] if i < len(labels) else f"run {i + 1}", x, y) for i, (x, y) in
-            enumerate(segs)]  # fmt: skip
+# ---------------------------------------------------------------------------------------------
+# The experiment folder (distill.pipeline's layout)
 
 
-def progress_figure(status: dict, modes: list[str] | None = None) -> go.Figure:
-    """Training loss per run (left axis) and dev accuracy points (right axis)."""
-    modes = modes or []
+def stage_runs(out: str | Path | None) -> list[tuple[str, Path]]:
+    """(label, folder) of the plan's training stages in training order (plan.json's modes and
+    seeds); folders not made yet are left out."""
+    if not out:
+        return []
+    plan = read_json(Path(out) / "plan.json") or {}
+    found = []
+    for mode in plan.get("modes") or []:
+        for seed in plan.get("seeds") or [0]:
+            d = Path(out) / f"train-{mode}-s{seed}"
+            if RunDir(d).exists:
+                found.append((mode if len(plan.get("seeds") or [0]) == 1 else f"{mode} s{seed}", d))
+    return found
+
+
+def experiment_curves(out: str | Path | None) -> list[tuple[str, list, list]]:
+    """(label, loss points, dev-accuracy points) per training stage, from metrics.jsonl."""
+    curves = []
+    for label, d in stage_runs(out):
+        metrics = RunDir(d).metrics()
+        losses = [(r["step"], r["loss"]) for r in metrics if r.get("loss") is not None]
+        dev = [(r["step"], r["dev_accuracy"]) for r in metrics
+               if r.get("dev_accuracy") is not None]  # fmt: skip
+        curves.append((label, losses, dev))
+    return curves
+
+
+def results_table(status: dict) -> str:
+    """The finished experiment's results.md (the paper-style table), or an empty string."""
+    path = (status.get("result") or {}).get("table_md")
+    try:
+        md = Path(path).read_text() if path else ""
+        # The file's title as a small heading: the tab has its own.
+        return "#### " + md[2:] if md.startswith("# ") else md
+    except OSError as e:
+        log_error("reading results", e)
+        return ""
+
+
+def progress_figure(out: str | Path | None = None) -> go.Figure:
+    """Training loss per stage (left axis) and dev accuracy points (right axis)."""
     fig = go.Figure()
-    palette = ["#2166ac", "#e6550d", "#31a354", "#756bb1"]
-    for i, (name, x, y) in enumerate(_segments(status.get("losses") or [], modes)):
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"{name} loss",
-                                 line={"color": palette[i % 4]}))  # fmt: skip
-    for i, (name, x, y) in enumerate(_segments(status.get("dev") or [], modes)):
-        fig.add_trace(go.Scatter(x=x, y=y, mode="markers+lines", name=f"{name} dev acc",
-                                 yaxis="y2", line={"dash": "dot", "color": palette[i % 4]},
-                                 marker={"size": 9, "symbol": "diamond"}))  # fmt: skip
+    palette = ["#2166ac", "#e6550d", "#31a354", "#756bb1", "#636363"]
+    for i, (name, losses, dev) in enumerate(experiment_curves(out)):
+        color = palette[i % len(palette)]
+        if losses:
+            fig.add_trace(go.Scatter(x=[s for s, _ in losses], y=[v for _, v in losses],
+                                     mode="lines", name=f"{name} loss",
+                                     line={"color": color}))  # fmt: skip
+        if dev:
+            fig.add_trace(go.Scatter(x=[s for s, _ in dev], y=[v for _, v in dev],
+                                     mode="markers+lines", name=f"{name} dev acc", yaxis="y2",
+                                     line={"dash": "dot", "color": color},
+                                     marker={"size": 9, "symbol": "diamond"}))  # fmt: skip
     fig.update_layout(
         height=320,
         margin={"l": 50, "r": 50, "t": 40, "b": 40},
@@ -110,8 +144,9 @@ RUNS_TABLE_COLUMNS = ["name", "kind", "mode", "task", "student", "steps", "accur
 
 
 def runs_table(root: Path) -> pd.DataFrame:
-    """Every run folder: mode, settings, accuracy (finished training runs get their key
-    settings from :func:`distill.evaluate.compare`)."""
+    """Every run folder (experiment stages as ``<experiment>/<stage>``): mode, settings,
+    accuracy (finished training runs get their key settings from
+    :func:`distill.evaluate.compare`)."""
     from distill.evaluate import compare
 
     df = list_runs(root)
@@ -126,3 +161,7 @@ def runs_table(root: Path) -> pd.DataFrame:
     out["accuracy"] = [round(a, 4) if num(a) is not None else None for a in out["accuracy"]]
     out["student"] = [short_spec(s) if isinstance(s, str) else s for s in out["student"]]
     return out[RUNS_TABLE_COLUMNS]
+
+
+__all__ = ["experiment_curves", "progress_figure", "results_table", "runs_table",
+           "stage_runs", "status_markdown"]  # fmt: skip

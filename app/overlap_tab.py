@@ -20,13 +20,14 @@ from .paths import discard_upload
 
 
 def rationale_sources(root: Path) -> list[tuple[str, str]]:
-    """(label, path) of every rationales.jsonl under the runs folder, newest first."""
+    """(label, path) of every rationales.jsonl under the runs folder (experiment stages
+    included, labelled ``<experiment>/<stage>``), newest first."""
     found = []
     if root.is_dir():
-        for p in root.glob("*/rationales.jsonl"):
+        for p in [*root.glob("*/rationales.jsonl"), *root.glob("*/*/rationales.jsonl")]:
             found.append((p.stat().st_mtime, p))
     found.sort(reverse=True)
-    return [(p.parent.name, str(p)) for _, p in found]
+    return [(p.parent.relative_to(root).as_posix(), str(p)) for _, p in found]
 
 
 def overlap_source(ctx: AppContext, choice: str | None, upload: str | None) -> Path:

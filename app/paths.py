@@ -17,14 +17,8 @@ from distill.data import DataError
 from explain.errors import InputError
 from explain.packs import PACKS
 
-# The bundled demo data: <repo>/../shared/datasets (DESIGN section 7), or $KDLENS_DATASETS.
-SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 EXPORT_TTL_S = 3600.0  # exports older than this go when the next one is written
 EXPORTS_KEPT = 50
-
-
-def default_datasets_dir() -> Path:
-    return Path(os.environ.get("KDLENS_DATASETS") or SHARED_DATASETS)
 
 
 def upload_root() -> Path:

@@ -1,11 +1,12 @@
 """Screenshots of the four tabs for the README: launch the app, drive it in headless Chromium.
 
-Explain answers a demo question; Distill runs a small extraction + training job from the page
+Explain answers a demo question; Distill runs a tiny experiment (demo set, demo preset, sizes
+cut further: extraction, training per mode, evaluation, results table) from the page
 (so Compare and Overlap have a run to show); Compare puts the trained runs side by side;
 Overlap analyses the job's rationale file. One full-page PNG per tab goes to --out.
 
     python bench/screenshots.py [--teacher SPEC] [--student SPEC] [--out assets/screenshots]
-                                [--examples 16] [--steps 8] [--runs DIR]
+                                [--examples 12] [--dev 4] [--steps 6] [--runs DIR]
 
 Defaults use the real SmolLM2 pack as teacher and student (a few seconds per answer on a CPU;
 the whole script takes a few minutes). Needs /usr/bin/chromium (or --chromium).
@@ -65,20 +66,24 @@ def explain_tab(page, out: Path) -> None:
     shot(page, out, "explain")
 
 
-def distill_tab(page, out: Path, examples: int, steps: int, timeout_s: float) -> None:
+def distill_tab(page, out: Path, examples: int, dev: int, steps: int, timeout_s: float) -> None:
     page.get_by_role("tab", name="Distill").click()
-    visible(page, "Examples").fill(str(examples))
-    visible(page, "Steps").fill(str(steps))
+    page.get_by_label("demo", exact=True).check()  # the demo preset, on the demo set
+    visible(page, "Training examples (0 = all)").fill(str(examples))
+    visible(page, "Dev examples").fill(str(dev))
+    visible(page, "Steps (0 = by epochs)").fill(str(steps))
     page.locator("#kd-start").click()
     job = page.locator("#kd-job")
     job.filter(has_text="running").wait_for()
     end = time.time() + timeout_s
     while time.time() < end:
-        text = job.inner_text()
+        text = job.inner_text().lstrip()
         if text.startswith(("finished", "failed", "stopped")):
             break
         page.wait_for_timeout(1000)
     print("distill:", job.inner_text().splitlines()[0], flush=True)
+    if job.inner_text().lstrip().startswith("finished"):
+        page.locator("#kd-results").filter(has_text="zero-shot").wait_for()
     shot(page, out, "distill")
 
 
@@ -86,7 +91,7 @@ def compare_tab(page, out: Path) -> None:
     page.get_by_role("tab", name="Compare").click()
     pick_example(page, "keep milk")
     runs = page.get_by_label("Trained runs to compare")
-    for name in ("-standard", "-saliency"):
+    for name in ("train-standard", "train-saliency"):
         runs.click()
         option = page.get_by_role("option").filter(has_text=name)
         if option.count():
@@ -122,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--student", default=DEFAULT_STUDENT, help="student spec (default: SmolLM2)")
     p.add_argument("--out", default=str(ROOT / "assets" / "screenshots"))
     p.add_argument("--runs", help="runs folder (default: a fresh temporary one)")
-    p.add_argument("--examples", type=int, default=16, help="Distill: examples read")
-    p.add_argument("--steps", type=int, default=8, help="Distill: training steps per mode")
+    p.add_argument("--examples", type=int, default=12, help="Distill: training examples")
+    p.add_argument("--dev", type=int, default=4, help="Distill: dev examples")
+    p.add_argument("--steps", type=int, default=6, help="Distill: training steps per mode")
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for the job")
     p.add_argument("--chromium", default="/usr/bin/chromium")
@@ -146,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             page.goto(url)
             page.locator("#kd-explain").wait_for()
             explain_tab(page, out)
-            distill_tab(page, out, args.examples, args.steps, args.timeout)
+            distill_tab(page, out, args.examples, args.dev, args.steps, args.timeout)
             compare_tab(page, out)
             overlap_tab(page, out)
             browser.close()

@@ -20,7 +20,6 @@ import tiny
 from app import (
     common,
     compare_tab,
-    distill_job,
     distill_status,
     distill_tab,
     explain_tab,
@@ -311,16 +310,19 @@ def test_compare_bad_input_and_unusable_run(world, tmp_path):
 
 
 def start_args(world, source="path", path=None, upload=None, modes=("standard",), steps=4,
-               limit=10, name=""):  # fmt: skip
+               train=6, dev=2, name=""):  # fmt: skip
+    """/distill_start's inputs: task, data source, path, upload, teacher, student, modes,
+    training examples, steps, k, batch, lr, method, target, name, dev examples, epochs,
+    preset."""
     return ("cqa", source, str(path or world["data"]) if source == "path" else "", upload,
-            str(world["model"]), str(world["model"]), list(modes), limit, steps, 3, 4, 1e-2,
-            "saliency", "gold", name)  # fmt: skip
+            str(world["model"]), str(world["model"]), list(modes), train, steps, 3, 4, 1e-2,
+            "saliency", "gold", name, dev, 1, "demo")  # fmt: skip
 
 
 def wait_job(c, until: tuple[str, ...], timeout: float = 90) -> str:
     end = time.time() + timeout
     while time.time() < end:
-        md = call(c, "/distill_status", [], None, "", "")[0]
+        md = call(c, "/distill_status", None, [], None, "", "")[0]
         if md.startswith(tuple(f"**{s}**" for s in until)):
             return md
         time.sleep(0.3)
@@ -362,26 +364,40 @@ def test_upload_over_the_size_limit_is_refused(world, tmp_path):
              *start_args(world, source="upload", upload=handle_file(str(big))))  # fmt: skip
 
 
-def test_distill_runs_extract_train_evaluate_and_lists_the_runs(world):
+def test_distill_runs_the_pipeline_plan_and_lists_its_stages(world):
     c = world["client"]
-    args = start_args(world, source="demo set", modes=("standard", "saliency"), name="e2e")
+    args = start_args(world, source="demo set", modes=("saliency", "standard"), name="e2e")
     md = call(c, "/distill_start", *args)[0]
     assert not is_error(md), md
     md = wait_job(c, ("finished", "failed", "stopped"))
     assert md.startswith("**finished**"), md
-    assert "dev accuracy: standard" in md and "saliency" in md
-    status = world["demo"].kdlens.jobs.status()
-    assert status["losses"] and len(status["losses"]) == 8  # 4 steps x 2 modes
-    assert (world["runs"] / "e2e-extract" / "rationales.jsonl").is_file()
+    assert "dev accuracy: zero-shot-s0" in md and "standard-s0" in md and "saliency-s0" in md
+    exp = world["runs"] / "e2e"
+    plan = json.loads((exp / "plan.json").read_text())  # distill.pipeline's experiment folder
+    assert plan["modes"] == ["standard", "saliency"] and plan["train_size"] == 6
+    assert plan["steps"] == 4 and plan["dev_size"] == 2 and plan["preset"] == "demo"
+    assert (exp / "extract" / "rationales.jsonl").is_file()
+    # The curves come from the stage folders: 4 losses and the final dev point per mode.
+    curves = distill_status.experiment_curves(exp)
+    assert [(n, len(loss), len(dev)) for n, loss, dev in curves] == [
+        ("standard", 4, 1),
+        ("saliency", 4, 1),
+    ]
+    # The finished job shows results.md in the tab.
+    out = call(c, "/distill_status", None, [], None, "", "")
+    assert out[-1].startswith("#### cqa: student") and "| saliency |" in out[-1]
     out = call(c, "/runs", [], None)
     names = [r[0] for r in out[1]["data"]]
-    assert {"e2e-standard", "e2e-saliency", "e2e-extract"} <= set(names)
-    row = out[1]["data"][names.index("e2e-saliency")]
+    assert {"e2e/train-standard-s0", "e2e/train-saliency-s0", "e2e/extract"} <= set(names)
+    row = out[1]["data"][names.index("e2e/train-saliency-s0")]
     assert row[2] == "saliency" and row[7] == "finished" and "alpha" in row[8]
     choices = [v for _, v in out[2]["choices"]]
-    assert str(world["runs"] / "e2e-saliency") in choices  # appears in Compare
+    assert str(exp / "train-saliency-s0") in choices  # appears in Compare
     sources = [v for _, v in out[3]["choices"]]
-    assert str(world["runs"] / "e2e-extract" / "rationales.jsonl") in sources  # and Overlap
+    assert str(exp / "extract" / "rationales.jsonl") in sources  # and Overlap
+    # The same name again is refused (finished), before any job starts.
+    md = call(c, "/distill_start", *args)[0]
+    assert is_error(md) and "already exists and is finished" in md
 
 
 def test_distill_one_job_at_a_time_and_stop_keeps_a_checkpoint(world):
@@ -389,17 +405,24 @@ def test_distill_one_job_at_a_time_and_stop_keeps_a_checkpoint(world):
     md = call(c, "/distill_start", *start_args(world, steps=5000, name="long"))[0]
     assert not is_error(md), md
     end = time.time() + 60
-    while world["demo"].kdlens.jobs.status()["step"] < 2 and time.time() < end:
+    jobs = world["demo"].kdlens.jobs
+    while not (jobs.status()["total"] == 5000 and jobs.status()["step"] >= 2):
+        assert time.time() < end, jobs.status()
         time.sleep(0.2)
+    # While a stage trains, the job names the experiment folder and the curve is drawn from
+    # its stage folder.
+    assert jobs.status()["run_dir"] == str(world["runs"] / "long")
+    fig = distill_status.progress_figure(jobs.status()["run_dir"])
+    assert fig.data and fig.data[0].name == "standard loss" and len(fig.data[0].x) >= 2
     md = call(c, "/distill_start", *start_args(world, name="second"))[0]
     assert is_error(md) and "already running" in md
-    assert not (world["runs"] / "second-standard").exists()
+    assert not (world["runs"] / "second").exists()
     # Explain keeps answering while the job trains.
     assert not is_error(call(c, "/explain", *explain_args(world["model"]))[0])
     assert "Stopping" in call(c, "/distill_stop")
     md = wait_job(c, ("stopped", "failed", "finished"))
     assert md.startswith("**stopped**"), md
-    run = world["runs"] / "long-standard"
+    run = world["runs"] / "long" / "train-standard-s0"
     assert json.loads((run / "status.json").read_text())["status"] == "stopped"
     assert list((run / "checkpoints").glob("step-*/model.safetensors"))
     assert call(c, "/distill_stop") == "No job is running."
@@ -464,7 +487,7 @@ def test_examples_rows_fill_every_form_field():
     assert all(len(r) == 7 and r[0] in forms.INPUT_KINDS and r[6] for r in rows)
 
 
-def test_token_views_and_segments():
+def test_token_views():
     from explain.pipeline import explain
 
     res = explain(tiny.loaded("llama"), {"text": "Sam had apples"}, max_new_tokens=3)
@@ -473,33 +496,54 @@ def test_token_views_and_segments():
     assert explain_tab.pick_token(res, "1").settings["output_token"] == 1
     with pytest.raises(KDLensError, match="out of range"):
         explain_tab.pick_token(res, "99")
-    segs = distill_status._segments([(1, 3.0), (2, 2.0), (1, 4.0), (2, 1.0)], ["standard"])
-    assert [(n, x) for n, x, _ in segs] == [("standard", [1, 2]), ("run 2", [1, 2])]
 
 
-def test_status_markdown_and_progress_figure():
+def test_status_markdown_and_progress_figure(tmp_path):
+    from distill.runs import RunDir, atomic_write_json
+
     assert "No job yet" in distill_status.status_markdown({"state": "idle"})
-    st = {"state": "running", "stage": "train standard (1/1): training", "step": 3, "total": 10,
-          "examples_per_s": 2.5, "eta_s": 75, "losses": [(1, 2.0), (2, 1.5)], "dev": [(2, 0.5)],
-          "message": "", "error": None, "run_dir": "/r"}  # fmt: skip
+    st = {"state": "running", "stage": "[2/3] train standard (seed 0): training", "step": 3,
+          "total": 10, "examples_per_s": 2.5, "eta_s": 75, "message": "", "error": None,
+          "run_dir": str(tmp_path)}  # fmt: skip
     md = distill_status.status_markdown(st, "CPU")
     assert "step 3/10" in md and "2.50 examples/s" in md and "ETA 1 min 15 s" in md
-    fig = distill_status.progress_figure(st, ["standard"])
-    assert [t.name for t in fig.data] == ["standard loss", "standard dev acc"]
+    assert str(tmp_path) in md
+    # Curves are read from the plan's stage folders, in the plan's mode order.
+    atomic_write_json(tmp_path / "plan.json", {"modes": ["saliency", "standard"], "seeds": [0]})
+    for mode, losses in (("standard", [2.0, 1.5]), ("saliency", [3.0])):
+        run = RunDir(tmp_path / f"train-{mode}-s0")
+        run.create({"kind": "train"})
+        for i, loss in enumerate(losses, 1):
+            run.log({"step": i, "loss": loss})
+    RunDir(tmp_path / "train-standard-s0").log({"step": 2, "dev_accuracy": 0.5})
+    fig = distill_status.progress_figure(tmp_path)
+    names = [t.name for t in fig.data]
+    assert names == ["saliency loss", "standard loss", "standard dev acc"]
+    assert list(fig.data[1].y) == [2.0, 1.5] and list(fig.data[2].y) == [0.5]
+    assert not distill_status.progress_figure(None).data  # no experiment yet: the hint only
     failed = dict(st, state="failed", error="boom")
     assert "⚠ boom" in distill_status.status_markdown(failed)
 
 
-def test_plan_and_data_validation(tmp_path):
+def test_plan_and_data_validation(tmp_path, monkeypatch):
     data = write_cqa(tmp_path / "ds")
-    modes = ["saliency", "standard"]
-    plan = distill_job.plan_distill(tmp_path, "cqa", data, "t", "s", modes, 10, 2, 2, 3, name="p")
-    assert plan.modes == ["standard", "saliency"]  # training order follows MODES
-    assert plan.extract_dir.endswith("p-extract") and set(plan.run_dirs) == set(plan.modes)
+    form = distill_tab.check_form("cqa", "demo set", ["saliency", "standard"], 6, 2, 3, 1, 3,
+                                  2, 1e-3, "saliency", "generated")  # fmt: skip
+    plan = distill_tab.build_plan(tmp_path, "cqa", data, "t", "s", ["saliency", "standard"],
+                                  form, name="p", preset="demo")  # fmt: skip
+    assert plan.modes == ["standard", "saliency"]  # training order follows the registry
+    assert plan.out == str(tmp_path / "p") and plan.needs_rationales and plan.steps == 3
+    assert (plan.train_size, plan.dev_size, plan.dev_limit, plan.epochs) == (6, 2, 2, None)
+    whole = distill_tab.check_form("cqa", "demo set", ["standard"], 0, 2, 0, 2, 3, 2, 1e-3,
+                                   "saliency", "generated")  # fmt: skip
+    plan = distill_tab.build_plan(tmp_path, "cqa", data, "t", "s", ["standard"], whole,
+                                  preset="cpu")  # fmt: skip
+    assert plan.train_size is None and plan.steps is None and plan.epochs == 2.0
     with pytest.raises(KDLensError, match="dss needs"):
-        distill_job.plan_distill(tmp_path, "cqa", data, "t", "s", ["dss"], 10, 2, 2, 3)
-    with pytest.raises(KDLensError, match="size must be at least"):
-        distill_job.plan_distill(tmp_path, "cqa", data, "t", "s", ["standard"], 1, 2, 2, 3)
+        distill_tab.build_plan(tmp_path, "cqa", data, "t", "s", ["dss"], form)
+    with pytest.raises(KDLensError, match="dev examples must be a whole number"):
+        distill_tab.check_form("cqa", "demo set", ["standard"], 6, 0, 3, 1, 3, 2, 1e-3,
+                               "saliency", "generated")  # fmt: skip
     ctx = common.AppContext("t", "s", tmp_path / "runs", data_root=tmp_path / "ds")
     assert distill_tab.resolve_data(ctx, "cqa", "demo set", None, None) == data
     with pytest.raises(KDLensError, match="demo set for svamp is not here"):
@@ -510,10 +554,31 @@ def test_plan_and_data_validation(tmp_path):
         distill_tab.resolve_data(ctx, "cqa", "path", " ", None)
 
 
-def test_default_sizes_are_small_on_cpu():
-    cpu = distill_tab.default_sizes(gpu=False)
-    assert cpu["limit"] <= 32 and cpu["steps"] <= 20
-    assert distill_tab.default_sizes(gpu=True)["steps"] > cpu["steps"]
+def test_demo_set_works_without_the_shared_datasets(tmp_path, monkeypatch):
+    """A clone without ../shared: the app's datasets folder is distill.datasets' rule, so the
+    demo set of every task is the bundled sample (assets/data)."""
+    import distill.datasets as dsets
+
+    monkeypatch.delenv("KDLENS_DATASETS", raising=False)
+    monkeypatch.setattr(dsets, "SHARED_DATASETS", tmp_path / "no-shared")
+    ctx = common.AppContext("t", "s", tmp_path / "runs")
+    assert ctx.data_root == dsets.SAMPLE_DATASETS
+    for task in ("cqa", "esnli", "anli1", "svamp"):
+        p = distill_tab.resolve_data(ctx, task, "demo set", None, None)
+        assert p.is_relative_to(dsets.SAMPLE_DATASETS)
+
+
+def test_presets_match_the_cli_and_demo_is_the_cpu_default():
+    from distill.plan import PRESETS
+
+    assert distill_tab.default_preset(gpu=False) == "demo"
+    assert distill_tab.default_preset(gpu=True) == "gpu"
+    for name, sizes in PRESETS.items():  # the CLI's presets, unchanged
+        assert distill_tab.APP_PRESETS[name] == sizes
+    demo = distill_tab.preset_fields("demo")
+    assert demo["train_size"] <= 32 and 0 < demo["steps"] <= 20
+    md = distill_tab.preset_markdown("cpu")
+    assert "**cpu: 160 training / 100 dev examples, 3 epochs" in md and "gpu: all training" in md
 
 
 def test_overlap_page_filters_and_marks_words():
@@ -610,7 +675,7 @@ def test_a_link_out_of_the_runs_folder_is_refused(world, tmp_path):
         ("/explain", {0: 3}, "the teacher model must be a spec"),
         ("/overlap_page", "abc", "page must be a whole number of at least 1; got 'abc'"),
         ("/overlap_page", -3, "page must be a whole number"),
-        ("/distill_start", {7: "abc"}, "examples must be a whole number"),
+        ("/distill_start", {7: "abc"}, "training examples must be a whole number"),
         ("/distill_start", {8: "abc"}, "steps must be a whole number"),
         ("/distill_start", {11: "nan"}, "learning rate must be a number above 0"),
         ("/distill_start", {11: "inf"}, "learning rate must be a number above 0"),
@@ -637,7 +702,7 @@ def test_api_only_inputs_get_the_uis_message(world, api, args, expect):
         full[i] = v
     md = call(c, api, *full)[0]
     assert is_error(md) and expect in md, md
-    assert not (world["runs"] / "api-bad-standard").exists()
+    assert not (world["runs"] / "api-bad").exists()
 
 
 def test_a_rejected_upload_leaves_nothing_behind(world, tmp_path):

@@ -1,7 +1,8 @@
 """The app in a real headless browser (Debian's chromium through Playwright).
 
-Explain renders the plotly heatmap (and a click on it picks an answer token), a tiny
-distillation starts and stops from the page, every tab leaves a screenshot in
+Explain renders the plotly heatmap (and a click on it picks an answer token), the Distill
+tab's demo set (the bundled sample, as on a clone without ../shared) trains to the results
+table, a long distillation starts and stops from the page, every tab leaves a screenshot in
 test-output/screenshots/ (gitignored), and a phone-width page keeps the heatmap scrollable.
 """
 
@@ -36,6 +37,8 @@ sync_api = pytest.importorskip("playwright.sync_api")
 def app_url(tmp_path_factory):
     from test_app import launch, make_fixture_runs, save_tiny_model, write_cqa
 
+    from distill.datasets import SAMPLE_DATASETS
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models; leave the second core to the browser
     root = tmp_path_factory.mktemp("browser")
@@ -44,7 +47,8 @@ def app_url(tmp_path_factory):
     runs = root / "runs"
     runs.mkdir()
     make_fixture_runs(model, data, runs)
-    demo, url = launch(model, runs, root / "datasets")
+    # The datasets folder a clone without ../shared gets: the bundled sample (assets/data).
+    demo, url = launch(model, runs, SAMPLE_DATASETS)
     yield {"url": url, "data": data, "demo": demo}
     demo.kdlens.jobs.stop()
     demo.kdlens.jobs.wait(30)
@@ -142,17 +146,40 @@ def test_compare_and_overlap_tabs(page):
     shot(page, "overlap")
 
 
-def test_distill_starts_and_stops_from_the_page(page, app_url):
+def distill_form(page, train: int, dev: int, steps: int) -> None:
+    """The Distill tab on the demo set and demo preset, with tiny sizes typed in."""
     tab(page, "Distill")
-    page.get_by_label("path", exact=True).check()
-    visible(page, "Data file path (.jsonl or .csv)").wait_for()
-    visible(page, "Data file path (.jsonl or .csv)").fill(str(app_url["data"]))
-    page.get_by_label("saliency", exact=True).uncheck()
-    steps = visible(page, "Steps")
-    steps.fill("5000")
+    page.get_by_label("demo set", exact=True).check()
+    page.get_by_label("demo", exact=True).check()
+    assert "demo: 16 training / 8 dev examples, 8 steps" in page.locator("#kd-presets").inner_text()
+    visible(page, "Training examples (0 = all)").fill(str(train))
+    visible(page, "Dev examples").fill(str(dev))
+    visible(page, "Steps (0 = by epochs)").fill(str(steps))
+
+
+def test_distill_demo_set_trains_to_the_results_table(page):
+    distill_form(page, train=6, dev=2, steps=2)  # standard and saliency (the tiny teacher)
     page.locator("#kd-start").click()
     job = page.locator("#kd-job")
-    job.filter(has_text=re.compile(r"step \d+/5000")).wait_for()
+    job.filter(has_text=re.compile(r"^\s*(finished|failed|stopped)")).wait_for(timeout=240_000)
+    assert job.inner_text().lstrip().startswith("finished"), job.inner_text()
+    results = page.locator("#kd-results")
+    results.filter(has_text="zero-shot").wait_for()
+    for row in ("standard", "saliency"):
+        assert results.locator("td", has_text=re.compile(f"^{row}$")).count() == 1
+    page.wait_for_function(  # both stages' loss curves, read from their stage folders
+        "() => [...document.querySelectorAll('.js-plotly-plot')]"
+        ".some(p => (p.data || []).filter(t => (t.name || '').endsWith(' loss')).length == 2)"
+    )
+    shot(page, "distill-finished")
+
+
+def test_distill_starts_and_stops_from_the_page(page, app_url):
+    distill_form(page, train=6, dev=2, steps=5000)
+    page.get_by_label("saliency", exact=True).uncheck()
+    page.locator("#kd-start").click()
+    job = page.locator("#kd-job")
+    job.filter(has_text=re.compile(r"step \d+/5000")).wait_for(timeout=120_000)
     page.wait_for_function(
         "() => [...document.querySelectorAll('.js-plotly-plot')]"
         ".some(p => (p.data || []).some(t => (t.name || '').includes('loss')))"
