@@ -22,6 +22,7 @@ from .commands import (
     cmd_train,
 )
 from .modes import mode_names
+from .plan import PRESETS
 from .tasks import task_names
 
 
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="extract -> train every mode -> evaluate -> results table (resumable)",
     )
     x.add_argument("--task", required=True, choices=task_names())
-    x.add_argument("--preset", choices=["cpu", "gpu"], help="sizes (distill/pipeline.py PRESETS)")
+    x.add_argument("--preset", choices=list(PRESETS), help="sizes (distill/plan.py PRESETS)")
     x.add_argument("--data", help="training data file; default: the task's bundled file")
     x.add_argument("--test-data", help="final accuracy on this file (never trained on)")
     x.add_argument("--test-limit", type=int)
