@@ -8,6 +8,7 @@ temporary folder (loaded by the real ``load_model``), data is ten tiny CQA recor
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -817,3 +818,23 @@ def test_app_script_and_app_package_live_side_by_side():
     out = subprocess.run([sys.executable, "app.py", "--help"], cwd=root, capture_output=True,
                          text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0 and "--preload" in out.stdout, out.stderr
+
+
+def test_app_rationale_equals_the_extraction_record(world):
+    """One definition of the rationale (issue 7, defect 6): for the same question, answer and
+    settings, the Explain tab shows exactly the words (and scores) a student trains on."""
+    import html as html_lib
+
+    from distill.rationales import read_records
+
+    rec = next(r for r in read_records(world["rationales"]) if r["id"] == "q0")
+    q, choices, gold = ITEMS[0]
+    args = list(explain_args(world["model"], question=q, choices=" | ".join(choices), k=3))
+    args[10] = gold  # the extraction attributed the gold answer (target gold)
+    out = call(world["client"], "/explain", *args)
+    rat = out[5]
+    chips = re.findall(r'class="kd-chip" title="([^"]*)"', rat)
+    shown = [html_lib.unescape(t).rsplit(": ", 1) for t in chips]
+    assert [w for w, _ in shown] == [w["text"] for w in rec["rationale"]]
+    for (_, score), w in zip(shown, rec["rationale"]):
+        assert float(score) == pytest.approx(w["score"], rel=1e-4, abs=1e-6)
