@@ -189,8 +189,10 @@ def wire(ctx: AppContext, ui: dict) -> None:
         template, fields = forms.task_fields(kind, q, ch, pr, hy, bo)
         cold = str(teacher).strip() not in ctx.loaded_specs()
         loaded = ctx.teacher_model(teacher, gradio_progress(progress))
+        # The per-token rows feed the heatmap; the rationale is the whole answer's, as in
+        # extraction (explain.rationale).
         result = explain(loaded, fields, template=template, method=meth, top_k=k,
-                         answer=(answer or "").strip() or None)  # fmt: skip
+                         answer=(answer or "").strip() or None, token_matrix=True)  # fmt: skip
         v = explain_view(result, None, lvl)
         load_s = ctx.load_seconds.get(loaded.spec) if cold else None
         note = timing_note(result.seconds, load_s, loaded.n_params, loaded.device.type)

@@ -160,13 +160,15 @@ def explain_batch(
     method_settings: dict | None = None,
     rows: str = _D.rows,
     piece_aggregation: str = _D.piece_aggregation,
+    token_matrix: bool = False,
 ) -> list[AttributionResult]:
     """Explain a batch of task inputs (one padded forward/backward for the whole batch).
 
     Defaults are :data:`explain.rationale.RATIONALE_DEFAULTS`, shared by the app, the CLI and
-    extraction. ``rows="tokens"`` gives one matrix row per answer token; ``rows="answer"`` one
-    row for the whole answer's log-prob: the same token scores as ``how="sum"`` for the linear
-    methods, at the cost of a single backward pass.
+    extraction. Word scores and the rationale come from the attribution of ``rows="answer"``:
+    the whole answer's log-prob, one backward pass (DESIGN section 1), or ``rows="tokens"``:
+    one row per answer token, folded by ``how``. ``token_matrix`` also computes the per-token
+    rows for display (the app's heatmap) without changing the word scores or the rationale.
     """
     if not items:
         return []
@@ -203,14 +205,17 @@ def explain_batch(
         loaded.tokenizer.pad_token_id,
         left_pad_prompts=not loaded.is_encoder_decoder,
     )
-    scorer = Scorer(loaded, batch, rows=rows)
-    out = attributor.attribute(scorer)
+    out = attributor.attribute(Scorer(loaded, batch, rows=rows))
+    shown = out  # the matrix the result carries
+    if token_matrix and rows == "answer":
+        shown = attributor.attribute(Scorer(loaded, batch, rows="tokens"))
     seconds = (time.perf_counter() - t0) / len(items)
     lp = batch.prompt_ids.shape[1]
     settings = {
         "top_k": top_k,
         "aggregate": how,
         "rows": rows,
+        "token_matrix": bool(token_matrix or rows == "tokens"),
         "piece_aggregation": piece_aggregation,
         "max_new_tokens": max_new_tokens,
         "chat_template": prompts[0].chat,
@@ -220,8 +225,9 @@ def explain_batch(
     for b, (e, ans_ids) in enumerate(zip(enc, given)):
         n, t = len(e.ids), (1 if rows == "answer" else len(ans_ids))
         sl = slice(lp - n, lp) if not loaded.is_encoder_decoder else slice(0, n)
-        matrix = out.matrix[b, :t, sl].detach().float().cpu()
-        scores = aggregate(matrix, how)
+        scores = aggregate(out.matrix[b, :t, sl].detach().float().cpu(), how)
+        t_shown = 1 if shown.matrix.shape[1] == 1 else len(ans_ids)
+        matrix = shown.matrix[b, :t_shown, sl].detach().float().cpu()
         words = merge_words(
             e.prompt.text,
             e.offsets,
@@ -233,7 +239,7 @@ def explain_batch(
         tok = loaded.tokenizer
         extras = {
             k: (v[b] if isinstance(v, list) and len(v) == len(items) else v)
-            for k, v in out.extras.items()
+            for k, v in {**shown.extras, **out.extras}.items()
         }
         results.append(
             AttributionResult(
@@ -248,7 +254,7 @@ def explain_batch(
                 ],
                 input_offsets=[list(o) if o else None for o in e.offsets],
                 output_tokens=[tok.decode(ans_ids).strip()]
-                if rows == "answer"
+                if t_shown == 1 and len(ans_ids) != 1
                 else [tok.decode([i]) for i in ans_ids],
                 matrix=matrix.tolist(),
                 token_scores=scores.tolist(),

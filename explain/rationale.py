@@ -19,14 +19,16 @@ ROWS = ("tokens", "answer")  # one output row per answer token, or one for the w
 class RationaleSettings:
     """How answer-token attributions become rationale words.
 
-    ``rows="tokens"`` scores every answer token (the matrix the app shows) and ``aggregate``
-    folds the rows into one score per input token; ``piece_aggregation`` folds a word's
+    ``rows="answer"`` scores the whole answer's log-probability (DESIGN section 1, one backward
+    pass); ``rows="tokens"`` scores every answer token and ``aggregate`` folds the rows into one
+    score per input token; ``piece_aggregation`` folds a word's
     subword pieces into the word's score; the top ``top_k`` task-input words are the rationale.
     """
 
     method: str = "saliency"
     top_k: int = 5
-    rows: str = "tokens"  # or "answer": one row for the whole answer's log-prob
+    rows: str = "answer"  # the whole answer's log-prob (one backward); or "tokens", folded by
+    # ``aggregate``. The app's per-token heatmap is drawn beside it (``token_matrix``).
     aggregate: str = "mean"  # over answer-token rows: mean | sum | max | abs_mean
     piece_aggregation: str = DEFAULT_PIECE_AGGREGATION  # over a word's pieces: max | mean | sum
 

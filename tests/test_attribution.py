@@ -50,7 +50,7 @@ def _close(a, b, rtol=1e-4):
 
 @pytest.mark.parametrize("method", ["saliency", "input_x_gradient"])
 def test_gradient_methods_equal_direct_autograd(tiny, method):
-    result = explain(tiny, CQA, template="cqa", method=method, answer=ANSWER)
+    result = explain(tiny, CQA, template="cqa", method=method, answer=ANSWER, rows="tokens")
     prompt_ids, ans = _ids(tiny)
     grads, embeds, _ = _direct_rows(tiny, prompt_ids, ans)
     expected = grads.norm(dim=-1) if method == "saliency" else (grads * embeds).sum(-1)
@@ -67,6 +67,7 @@ def test_integrated_gradients_completeness(tiny):
         template="cqa",
         method="integrated_gradients",
         answer=ANSWER,
+        rows="tokens",
         method_settings={"n_steps": 64},
     )
     assert result.extras["completeness_gap"] < 0.05
@@ -103,7 +104,7 @@ def test_integrated_gradients_few_steps_has_larger_gap(tiny):
 
 
 def test_occlusion_equals_masked_forward_passes(tiny):
-    result = explain(tiny, CQA, template="cqa", method="occlusion", answer=ANSWER)
+    result = explain(tiny, CQA, template="cqa", method="occlusion", answer=ANSWER, rows="tokens")
     prompt_ids, ans = _ids(tiny)
     emb = tiny.model.get_input_embeddings()
     pad = emb(torch.tensor([tiny.tokenizer.pad_token_id]))[0]
@@ -150,7 +151,9 @@ def test_unknown_method_is_a_clear_error(tiny):
 
 
 def test_answer_row_is_the_whole_answer_log_prob(tiny):
-    per_token = explain(tiny, CQA, template="cqa", method="input_x_gradient", answer=ANSWER)
+    per_token = explain(
+        tiny, CQA, template="cqa", method="input_x_gradient", answer=ANSWER, rows="tokens"
+    )
     whole = explain(
         tiny, CQA, template="cqa", method="input_x_gradient", answer=ANSWER, rows="answer"
     )
@@ -300,3 +303,16 @@ def test_explain_and_extraction_batch_give_the_same_rationale(tiny):
         for key in ("top_k", "rows", "aggregate", "piece_aggregation"):
             assert rec.settings[key] == shown.settings[key] == getattr(d, key)
     assert RationaleSettings().as_kwargs()["how"] == RATIONALE_DEFAULTS.aggregate
+
+
+def test_token_matrix_is_for_display_only(tiny):
+    """The app draws per-token rows but its rationale is the whole answer's, as extraction's."""
+    plain = explain(tiny, CQA, template="cqa", method="saliency", answer=ANSWER)
+    shown = explain(tiny, CQA, template="cqa", method="saliency", answer=ANSWER,
+                    token_matrix=True)  # fmt: skip
+    per_token = explain(tiny, CQA, template="cqa", method="saliency", answer=ANSWER,
+                        rows="tokens")  # fmt: skip
+    assert len(plain.matrix) == 1 and len(shown.matrix) == len(shown.output_ids) > 1
+    _close(shown.matrix, per_token.matrix)
+    _close(shown.token_scores, plain.token_scores)
+    assert [w.text for w in shown.rationale] == [w.text for w in plain.rationale]

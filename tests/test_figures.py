@@ -26,15 +26,15 @@ def llama():
 
 @pytest.fixture(scope="module")
 def saliency(llama) -> AttributionResult:
-    return explain(llama, CQA, template="cqa", method="saliency", top_k=3, max_new_tokens=4)
+    return explain(llama, CQA, template="cqa", method="saliency", top_k=3, max_new_tokens=4,
+                   token_matrix=True)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def signed(llama) -> AttributionResult:
     # A given answer with a repeated token: row labels must still be unique.
-    return explain(
-        llama, CQA, template="cqa", method="input_x_gradient", top_k=3, answer="table table"
-    )
+    return explain(llama, CQA, template="cqa", method="input_x_gradient", top_k=3,
+                   answer="table table", token_matrix=True)  # fmt: skip
 
 
 def synthetic(n_words: int = 200, method: str = "input_x_gradient") -> AttributionResult:

@@ -142,7 +142,9 @@ def test_bad_rows_give_located_one_line_errors(tmp_path):
     bad = to_parquet([{"premise": "a", "hypothesis": "b", "label": 1},
                       {"premise": "a", "hypothesis": "b", "label": 7}], feats,
                      tmp_path / "nli.parquet")  # fmt: skip
-    with pytest.raises(DataError, match=r"^nli.parquet line 2: field 'label': 7 is not one of 0..2"):
+    with pytest.raises(
+        DataError, match=r"^nli.parquet line 2: field 'label': 7 is not one of 0..2"
+    ):
         load_task("esnli", bad)
     junk = tmp_path / "junk.parquet"
     junk.write_bytes(b"not parquet at all")
