@@ -491,7 +491,8 @@ def test_examples_rows_fill_every_form_field():
 def test_token_views():
     from explain.pipeline import explain
 
-    res = explain(tiny.loaded("llama"), {"text": "Sam had apples"}, max_new_tokens=3)
+    res = explain(tiny.loaded("llama"), {"text": "Sam had apples"}, max_new_tokens=3,
+                  token_matrix=True)  # fmt: skip
     assert [v for _, v in explain_tab.token_choices(res)][:2] == ["all", "0"]
     assert explain_tab.pick_token(res, "all") is res
     assert explain_tab.pick_token(res, "1").settings["output_token"] == 1
