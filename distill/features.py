@@ -113,14 +113,13 @@ def token_nll(model, batch: dict, encoder_decoder: bool) -> torch.Tensor:
         mask = batch["attention_mask"]
         keep = int(batch["keep"])
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions of real tokens
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=None if bool(mask.all()) else mask,
-            position_ids=pos,
-            logits_to_keep=keep,
-            use_cache=False,
-        )
-        logits = out.logits[:, :-1]  # position p predicts token p + 1
+        kw = dict(input_ids=batch["input_ids"], attention_mask=None if bool(mask.all()) else mask,
+                  position_ids=pos, use_cache=False)  # fmt: skip
+        try:  # the vocabulary projection for the target positions only
+            logits = model(**kw, logits_to_keep=keep).logits
+        except TypeError:  # a model class without logits_to_keep: project everything
+            logits = model(**kw).logits[:, -keep:]
+        logits = logits[:, :-1]  # position p predicts token p + 1
         labels = labels[:, labels.shape[1] - (keep - 1) :]
     logp = torch.log_softmax(logits.float(), dim=-1)
     valid = labels != IGNORE
