@@ -14,6 +14,17 @@ from pathlib import Path
 from explain.errors import KDLensError
 
 
+def model_loader():
+    """``load_model`` drawing tqdm bars on stderr for a pack's download, checksum, conversion
+    and the load itself (the first use of a model can take minutes)."""
+    import functools
+
+    from explain.models import load_model
+    from explain.progress import StageBars
+
+    return functools.partial(load_model, progress=StageBars())
+
+
 def _examples(args: argparse.Namespace):
     from .data import load_task, split
 
@@ -103,7 +114,6 @@ def _check_limit(args: argparse.Namespace) -> None:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from explain.models import load_model
 
     from .data import data_hash
     from .extract import extract, validate_settings
@@ -121,7 +131,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     run = RunDir(out)
     if not run.exists:
         run.check({})  # a folder that is not a run: refuse before loading the teacher
-    teacher = load_model(args.teacher, device=args.device, dtype=args.dtype)
+    teacher = model_loader()(args.teacher, device=args.device, dtype=args.dtype)
     bar, update = _bar(len(examples), "extract")
     settings = {"n_steps": args.steps} if args.steps else None
     try:
@@ -185,7 +195,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     )
     bar = StageBar()
     try:
-        result = run_plan(plan, progress=bar)
+        loader = model_loader()
+        result = run_plan(plan, progress=bar, teacher_loader=loader, model_loader=loader)
     finally:
         bar.close()
     if result.status != "finished":
@@ -224,7 +235,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if "loss" in p or "dev_accuracy" in p:
             print(json.dumps(p), file=sys.stderr, flush=True)
 
-    summary = train(cfg, progress=progress)
+    summary = train(cfg, progress=progress, model_loader=model_loader())
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -285,6 +296,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=update,
             choices=not args.no_choices,
+            model_loader=model_loader(),
         )
     finally:
         close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from . import packs
 from .attr import METHODS
@@ -12,10 +11,6 @@ from .errors import InputError, run_cli
 from .rationale import AGGREGATES, RATIONALE_DEFAULTS, ROWS
 from .result import AttributionResult
 from .words import PIECE_AGGREGATIONS
-
-
-def _progress(msg: str, frac: float) -> None:
-    print(f"[{frac * 100:5.1f}%] {msg}", file=sys.stderr, flush=True)
 
 
 def fields_from_args(args: argparse.Namespace) -> tuple[str, dict]:
@@ -106,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.command == "fetch":
-        from .progress import StageBars
+    from .progress import StageBars
 
+    if args.command == "fetch":
         for name in args.packs or list(packs.PACKS):
             bars = StageBars()  # tqdm bars on stderr: download (bytes, %), checksum, convert
             path = packs.ensure(name, bars)
@@ -137,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         use_chat_template=not args.no_chat_template,
-        progress=_progress,
+        progress=StageBars(),  # tqdm on stderr: download, checksum, conversion, load
     )
     result = explain(
         loaded,

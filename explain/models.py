@@ -150,6 +150,8 @@ def load_model(
 
     where, info = resolve_spec(spec, progress)
     dev = torch.device(device) if device else default_device()
+    if progress:
+        progress(f"loading {spec}", 0.0)
     kwargs = {"trust_remote_code": False}
     if info["source"] == "hub":
         from transformers.utils import cached_file
@@ -196,6 +198,8 @@ def load_model(
     n_params = sum(p.numel() for p in model.parameters())
     torch_dtype = resolve_dtype(dtype, n_params, dev)
     model.to(device=dev, dtype=torch_dtype)
+    if progress:
+        progress(f"{spec} loaded on {dev} ({n_params / 1e6:.0f}M parameters)", 1.0)
     return prepare(spec, model, tokenizer, dev, torch_dtype, use_chat_template, info)
 
 

@@ -31,8 +31,11 @@ def test_attribute_json(model_dir, capsys):
             "--json",
         ]
     )
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert rc == 0
+    # the model load is shown as a progress bar on stderr, never mixed into the JSON
+    assert "loading" in captured.err and "loaded on cpu" in captured.err and "100%" in captured.err
     result = json.loads(out)
     assert result["method"] == "input_x_gradient" and result["template"] == "cqa"
     assert len(result["rationale"]) == 2
