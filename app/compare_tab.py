@@ -8,8 +8,9 @@ import html
 import gradio as gr
 import pandas as pd
 
-from distill.data import Example, get_task
+from distill.data import Example
 from distill.runs import RunDir
+from distill.tasks import get_task
 from explain.errors import InputError
 from explain.models import LoadedModel
 from explain.result import AttributionResult

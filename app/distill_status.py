@@ -147,7 +147,7 @@ def runs_table(root: Path) -> pd.DataFrame:
     """Every run folder (experiment stages as ``<experiment>/<stage>``): mode, settings,
     accuracy (finished training runs get their key settings from
     :func:`distill.evaluate.compare`)."""
-    from distill.evaluate import compare
+    from distill.compare import compare
 
     df = list_runs(root)
     settings: dict[str, str] = {}

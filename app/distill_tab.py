@@ -12,11 +12,13 @@ from pathlib import Path
 
 import gradio as gr
 
-from distill.data import TASKS, DataError, default_path, get_task, load_task
+from distill.data import DataError, default_path, load_task
 from distill.modes import MODES
-from distill.pipeline import PRESETS, Plan, make_plan, run_plan, validate
+from distill.pipeline import run_plan
+from distill.plan import PRESETS, Plan, make_plan, validate
 from distill.rationales import TARGETS
 from distill.runs import safe_run_dir
+from distill.tasks import TASKS, get_task
 from explain.attr import METHODS
 from explain.errors import InputError, KDLensError
 from explain.models import LoadedModel

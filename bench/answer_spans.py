@@ -21,8 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distill.data import default_path, get_task, load_task  # noqa: E402
+from distill.data import default_path, load_task  # noqa: E402
 from distill.metrics import score_answer  # noqa: E402
+from distill.tasks import get_task  # noqa: E402
 from explain.formatting import answer_budget, build_source  # noqa: E402
 from explain.io import atomic_write_text  # noqa: E402
 from explain.models import load_model  # noqa: E402

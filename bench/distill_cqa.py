@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distill.pipeline import Plan, run_plan  # noqa: E402
+from distill.pipeline import run_plan  # noqa: E402
+from distill.plan import Plan  # noqa: E402
 from distill.runs import atomic_write_json, read_json  # noqa: E402
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from explain.attr.scoring import collate
+from explain.lm_scoring import collate
 from explain.models import LoadedModel
 
 

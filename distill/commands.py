@@ -166,7 +166,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from .pipeline import make_plan, run_plan
+    from .pipeline import run_plan
+    from .plan import make_plan
 
     plan = make_plan(
         args.task,
@@ -321,7 +322,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .evaluate import compare, compare_pairs, write_comparison
+    from .compare import compare, compare_pairs, write_comparison
 
     df = compare(args.runs_dirs)
     print(df.to_string(index=False))

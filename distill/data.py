@@ -18,8 +18,7 @@ from pathlib import Path
 from explain.errors import KDLensError
 from explain.templates import LETTERS
 
-# The task registry moved to distill.tasks; re-exported for modules that import it from here.
-from .tasks import TASKS, TaskSpec, get_task, register_task
+from .tasks import TaskSpec, get_task
 
 
 class DataError(KDLensError):
@@ -414,10 +413,6 @@ def data_hash(path: str | Path) -> str:
 __all__ = [
     "DataError",
     "Example",
-    "TaskSpec",
-    "TASKS",
-    "register_task",
-    "get_task",
     "default_path",
     "load_task",
     "split",

@@ -20,20 +20,12 @@ from pathlib import Path
 
 import torch
 
-from explain.attr.scoring import Scorer, collate
 from explain.formatting import answer_budget, encode_target
+from explain.lm_scoring import Scorer, collate
 from explain.models import LoadedModel, load_model
 from explain.pipeline import generate
 
 from .choices import OptionRanking, _EvalMode, _length_batches, option_logprobs, rank_options
-from .compare import (  # re-exported: the comparison moved to distill.compare
-    COMPARE_COLUMNS,
-    PAIR_COLUMNS,
-    RUN_PREDICTIONS,
-    compare,
-    compare_pairs,
-    write_comparison,
-)
 from .config import TrainError
 from .features import example_source
 from .modes import MODES, get_mode
@@ -320,13 +312,8 @@ def predict_one(
 
 
 __all__ = [
-    "COMPARE_COLUMNS",
-    "PAIR_COLUMNS",
-    "RUN_PREDICTIONS",
     "EvalResult",
     "Prediction",
-    "compare",
-    "compare_pairs",
     "evaluate",
     "generate_answers",
     "option_logprobs",
@@ -335,5 +322,4 @@ __all__ = [
     "predict_one",
     "resolve_model",
     "target_logprobs",
-    "write_comparison",
 ]

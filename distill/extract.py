@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from explain.attr import Scorer, collate
 from explain.errors import KDLensError
 from explain.formatting import answer_budget
+from explain.lm_scoring import Scorer, collate
 from explain.models import LoadedModel
 from explain.pipeline import explain_batch
 from explain.rationale import RATIONALE_DEFAULTS

@@ -26,7 +26,8 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .data import DataError, Example, _example, _Rec, get_task
+from .data import DataError, Example, _example, _Rec
+from .tasks import get_task
 
 PREFIX = "hf:"
 LOCAL_BUILDERS = {

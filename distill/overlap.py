@@ -14,7 +14,7 @@ from statistics import mean
 
 from explain.words import WORD_RE
 
-from .rationales import check_record, read_records
+from .rationales import read_records
 
 DEFINITIONS: dict[str, str] = {
     "hit": "share of examples where at least one rationale word is a word of the gold answer "
@@ -47,11 +47,6 @@ STOPWORDS = frozenset(
 
 # ---------------------------------------------------------------------------------------------
 # Loading
-
-
-def _check_record(rec: object, fname: str, n: int) -> dict:
-    """Kept for old imports: :func:`distill.rationales.check_record` with a required label."""
-    return check_record(rec, fname, n, require_label=True)
 
 
 def load_rationales(path: str | Path) -> list[dict]:

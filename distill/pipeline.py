@@ -2,7 +2,7 @@
 
 Used by ``python -m distill experiment``, by ``bench/distill_cqa.py`` and by the app's Distill
 tab, so the three run the same sequence. A :class:`~distill.plan.Plan` (settings, presets and
-validation live in :mod:`distill.plan`, re-exported here) fixes every setting up front;
+validation live in :mod:`distill.plan`) fixes every setting up front;
 :func:`run_plan` runs it in ``plan.out``::
 
     out/plan.json                      the plan (a rerun with another plan is refused)
@@ -36,12 +36,7 @@ from .data import Example, data_hash, load_task, split
 from .modes import reads_rationales
 from .plan import (
     NEEDS_RATIONALES,
-    PRESETS,
     Plan,
-    PlanError,
-    default_data,
-    default_modes,
-    make_plan,
     validate,
 )
 from .rationales import target_label
@@ -425,17 +420,9 @@ def _model_result(name, mode, seed, res, eval_note, run_dir, cached) -> ModelRes
 
 
 __all__ = [
-    "NEEDS_RATIONALES",
-    "PRESETS",
     "ModelResult",
-    "Plan",
-    "PlanError",
     "PlanResult",
-    "default_data",
-    "default_modes",
-    "make_plan",
     "results_markdown",
     "run_plan",
     "train_config",
-    "validate",
 ]

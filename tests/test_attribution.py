@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from explain.attr import Scorer, collate, get_method
+from explain.attr import get_method
+from explain.lm_scoring import Scorer, collate
 from explain.pipeline import build_prompt, encode_answer, encode_prompt, explain, explain_batch
 
 CQA = {

@@ -10,6 +10,7 @@ import tiny
 import torch
 from test_train import ITEMS, config, example, tiny_loader, write_cqa
 
+from distill import compare as cmp
 from distill import evaluate as ev
 from distill import train as tr
 from distill.data import Example, load_task
@@ -286,12 +287,12 @@ def _finished_run(root, name, mode, acc):
 def test_compare_and_write(tmp_path):
     a = _finished_run(tmp_path, "std", "standard", 0.4)
     b = _finished_run(tmp_path, "sal", "saliency", 0.6)
-    df = ev.compare([a, b])
-    assert list(df.columns) == ev.COMPARE_COLUMNS
+    df = cmp.compare([a, b])
+    assert list(df.columns) == cmp.COMPARE_COLUMNS
     assert list(df["mode"]) == ["standard", "saliency"] and list(df["accuracy"]) == [0.4, 0.6]
     assert df.loc[1, "ci"] == "0.500-0.700"
     assert json.loads(df.loc[1, "settings"])["extraction"]["top_k"] == 5
-    csv, md = ev.write_comparison(df, tmp_path / "out")
+    csv, md = cmp.write_comparison(df, tmp_path / "out")
     assert csv.read_text().splitlines()[0].startswith("run,mode,student")
     lines = md.read_text().splitlines()
     assert lines[0].startswith("| run | mode |") and len(lines) == 4
@@ -300,7 +301,7 @@ def test_compare_and_write(tmp_path):
     unfinished = RunDir(tmp_path / "half")
     unfinished.create({"kind": "train"})
     with pytest.raises(tr.TrainError, match="not finished"):
-        ev.compare([unfinished.path])
+        cmp.compare([unfinished.path])
 
 
 def test_data_written_by_helper_is_loadable(tmp_path):
@@ -323,15 +324,15 @@ def test_compare_pairs_from_runs_and_prediction_files(tmp_path, capsys):
     b = _finished_run(tmp_path, "sal", "saliency", 0.6)
     ids = [f"q{i}" for i in range(10)]
     # std right on q0-q3; sal right on q0-q7: 4 discordant pairs, all for sal
-    _write_preds(a / ev.RUN_PREDICTIONS, {i: n < 4 for n, i in enumerate(ids)})
-    _write_preds(b / ev.RUN_PREDICTIONS, {i: n < 8 for n, i in enumerate(ids)})
+    _write_preds(a / cmp.RUN_PREDICTIONS, {i: n < 4 for n, i in enumerate(ids)})
+    _write_preds(b / cmp.RUN_PREDICTIONS, {i: n < 8 for n, i in enumerate(ids)})
     teacher = tmp_path / "predictions-cqa-dev.jsonl"  # from `distill eval` of a model spec
     _write_preds(teacher, {i: True for i in reversed(ids)})
     other = tmp_path / "other.jsonl"
     _write_preds(other, {"z1": True})
 
-    df, skipped = ev.compare_pairs([a, b, teacher, other], n_boot=2000)
-    assert list(df.columns) == ev.PAIR_COLUMNS
+    df, skipped = cmp.compare_pairs([a, b, teacher, other], n_boot=2000)
+    assert list(df.columns) == cmp.PAIR_COLUMNS
     row = df.iloc[0]
     assert (row.model_a, row.model_b, row.n) == ("std", "sal", 10)
     assert row.difference == pytest.approx(-0.4)
@@ -340,12 +341,12 @@ def test_compare_pairs_from_runs_and_prediction_files(tmp_path, capsys):
     assert len(df) == 3 and df.iloc[2].model_b == str(teacher)
     assert [s[1] for s in skipped] == [str(other)] * 3
 
-    rows = ev.compare([a, teacher])
+    rows = cmp.compare([a, teacher])
     assert rows.loc[1, "accuracy"] == 1.0 and rows.loc[1, "n"] == 10
 
     c = _finished_run(tmp_path, "nopreds", "standard", 0.5)
     with pytest.raises(tr.TrainError, match="no per-example predictions"):
-        ev.compare_pairs([a, c])
+        cmp.compare_pairs([a, c])
 
     out = tmp_path / "cmp"
     assert (

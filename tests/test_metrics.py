@@ -1,6 +1,6 @@
 import pytest
 
-from distill.data import TASKS, Example
+from distill.data import Example
 from distill.metrics import (
     accuracy_ci,
     normalize,
@@ -11,6 +11,7 @@ from distill.metrics import (
     safe_eval,
     score_answer,
 )
+from distill.tasks import TASKS
 
 CHOICES = ["bus depot", "beach", "train station", "bridge", "golden gate bridge"]
 CQA = Example("1", "cqa", {"question": "Where?", "choices": CHOICES}, "bridge", list(CHOICES))

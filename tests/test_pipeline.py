@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from distill.pipeline import Plan, PlanError, make_plan, run_plan, validate
+from distill.pipeline import run_plan
+from distill.plan import Plan, PlanError, make_plan, validate
 from distill.runs import RunDir
 
 

@@ -1,6 +1,5 @@
 """Attribution methods, registered by name (``METHODS``)."""
 
-from ..lm_scoring import Scorer, ScoringBatch, collate  # re-export for older imports
 from . import gradient, integrated, occlusion  # noqa: F401  (register the built-in methods)
 from .base import METHODS, AttributionMethod, MethodOutput, get_method, register
 
@@ -8,9 +7,6 @@ __all__ = [
     "METHODS",
     "AttributionMethod",
     "MethodOutput",
-    "Scorer",
-    "ScoringBatch",
-    "collate",
     "get_method",
     "register",
 ]
