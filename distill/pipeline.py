@@ -211,7 +211,7 @@ def train_config(plan: Plan, mode: str, seed: int):
     """The TrainConfig of one mode and seed."""
     from .train import TrainConfig
 
-    return TrainConfig(
+    settings = dict(
         student=plan.student,
         task=plan.task,
         data=plan.data,
@@ -231,8 +231,9 @@ def train_config(plan: Plan, mode: str, seed: int):
         save_every=25,
         max_new_tokens=plan.max_new_tokens,
         out=str(plan.run_dir(f"train-{mode}-s{seed}")),
-        **plan.train_settings,
     )
+    # Further TrainConfig fields (e.g. eval_every, alpha, warmup) override the defaults above.
+    return TrainConfig(**{**settings, **plan.train_settings})
 
 
 def _train_stage(plan, mode, seed, progress, stop, model_loader) -> dict:

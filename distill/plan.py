@@ -138,9 +138,17 @@ def _positive(name: str, value, allow_none: bool = False) -> None:
 
 def validate(plan: Plan) -> None:
     """Refuse a plan that cannot run, before any model load or folder creation."""
+    import dataclasses
+
     from explain.attr import METHODS
 
+    from .config import TrainConfig
+
     get_task(plan.task)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(plan.train_settings) - known)
+    if unknown:
+        raise PlanError(f"unknown training setting(s) {', '.join(unknown)}")
     if not plan.modes:
         raise PlanError(f"pick at least one mode: {', '.join(MODES)}")
     for m in plan.modes:

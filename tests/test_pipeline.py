@@ -150,3 +150,15 @@ def test_hint_mode_uses_the_teachers_own_answer(tiny_model_dir, datasets_dir, tm
     assert {r["id"] for r in read_records(tmp_path / "exp/extract-eval")} == test_ids
     # The training extraction covered train and dev (dev hints for the dev evaluation).
     assert len(read_records(tmp_path / "exp/extract")) == 9
+
+
+def test_train_settings_override_the_stage_defaults(tmp_path, datasets_dir):
+    from distill.pipeline import train_config
+
+    plan = make_plan("cqa", str(tmp_path / "exp"), preset="cpu",
+                     data=str(datasets_dir / "cqa/cqa_train.json"),
+                     train_settings={"eval_every": 5, "alpha": 0.3})  # fmt: skip
+    cfg = train_config(plan, "saliency", 0)
+    assert cfg.eval_every == 5 and cfg.alpha == 0.3 and cfg.save_every == 25
+    with pytest.raises(PlanError, match="unknown training setting.*colour"):
+        validate(make_plan("cqa", str(tmp_path / "x"), train_settings={"colour": 1}))
