@@ -4,7 +4,6 @@ import json
 import pytest
 
 from distill.data import (
-    TASKS,
     DataError,
     Example,
     attach_llm_rationales,
@@ -16,6 +15,7 @@ from distill.data import (
     split,
     split_svamp,
 )
+from distill.tasks import TASKS
 from explain.templates import get_template
 
 CQA_OK = {
