@@ -29,8 +29,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill.data import load_task  # noqa: E402
-from distill.evaluate import option_logprobs, rank_options, target_logprobs  # noqa: E402
-from distill.train import encode_source, encode_target, format_example  # noqa: E402
+from distill.evaluate import (  # noqa: E402
+    option_logprobs,
+    prompt_ids,
+    rank_options,
+    target_logprobs,
+)
+from explain.formatting import encode_target  # noqa: E402
 from explain.io import atomic_write_text  # noqa: E402
 from explain.models import load_model  # noqa: E402
 
@@ -76,7 +81,7 @@ def main() -> None:
     torch.manual_seed(0)
     loaded = load_model(args.model, device="cpu", dtype=args.dtype)
     exs = load_task("cqa", args.data, limit=args.n)
-    srcs = [encode_source(loaded, format_example(e, "standard", "predict", None, loaded)[0])
+    srcs = [prompt_ids(loaded, e, "standard", None, 10_000)
             for e in exs]  # fmt: skip
     opts = [[encode_target(loaded, o, eos=False) for o in e.options] for e in exs]
     pairs = [(i, k) for i in range(len(exs)) for k in range(len(opts[i]))]
