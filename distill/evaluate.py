@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from explain.formatting import answer_budget, encode_target
+from explain.formatting import answer_budget, encode_target, task_answers
 from explain.lm_scoring import Scorer, collate
 from explain.models import LoadedModel, load_model
 from explain.pipeline import generate
@@ -160,12 +160,15 @@ def evaluate(
     max_len: int = 256,
     choices: bool = True,
     model_loader: Callable[..., LoadedModel] = load_model,
+    cap_from: list | None = None,
 ) -> EvalResult:
     """Accuracy of greedy answers on ``examples`` (+ choice-scoring accuracy when ``choices``).
 
     ``model`` is a LoadedModel, a training run folder or a model spec. ``mode`` defaults to
     the run's mode (``standard`` otherwise). In ``hint`` mode, ``rationales`` (id -> words)
-    adds hints; without them the student answers bare inputs.
+    adds hints; without them the student answers bare inputs. Without ``max_new_tokens`` the
+    generation cap comes from the answers of ``cap_from`` (the training split, so that a test
+    file's gold answers never shape generation), else of ``examples``.
     """
     from .metrics import accuracy_ci, score_answer
     from .tasks import get_task
@@ -178,8 +181,7 @@ def evaluate(
     examples = list(examples)[:limit] if limit is not None else list(examples)
     emit = progress or (lambda record: None)
     if max_new_tokens is None:  # the task's cap: its longest gold answer or option + a margin
-        answers = [e.label for e in examples] + [o for e in examples for o in (e.options or [])]
-        max_new_tokens = answer_budget(loaded, answers)
+        max_new_tokens = answer_budget(loaded, task_answers(cap_from or examples))
 
     sources = [
         prompt_ids(loaded, ex, mode, _words(rationales, ex, mode), max_len - max_new_tokens)

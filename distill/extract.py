@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from explain.errors import KDLensError
-from explain.formatting import answer_budget
+from explain.formatting import answer_budget, task_answers
 from explain.lm_scoring import Scorer, collate
 from explain.models import LoadedModel
 from explain.pipeline import explain_batch
@@ -267,6 +267,7 @@ def extract(
     explain_settings: dict | None = None,
     progress: Callable[[dict], None] | None = None,
     stop: threading.Event | None = None,
+    cap_from: list[Example] | None = None,
 ) -> dict:
     """Extract rationales for ``examples`` into the run folder ``out_dir``; return the summary.
 
@@ -286,8 +287,7 @@ def extract(
     )
     spec = get_task(task)
     if max_new_tokens is None:  # the task's cap: its longest gold answer or option + a margin
-        answers = [e.label for e in examples] + [o for e in examples for o in (e.options or [])]
-        max_new_tokens = answer_budget(teacher, answers)
+        max_new_tokens = answer_budget(teacher, task_answers(cap_from or examples))
     run = RunDir(out_dir)
     settings = {
         "kind": "extract",

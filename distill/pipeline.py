@@ -184,7 +184,7 @@ def _check_plan_file(plan: Plan) -> None:
         )
 
 
-def _extract_stage(plan, name, examples, target, teacher, progress, stop) -> dict:
+def _extract_stage(plan, name, examples, target, teacher, progress, stop, cap_from) -> dict:
     from .extract import extract
 
     return extract(
@@ -204,6 +204,7 @@ def _extract_stage(plan, name, examples, target, teacher, progress, stop) -> dic
         config={"data": plan.data, "data_hash": data_hash(plan.data)},
         progress=progress,
         stop=stop,
+        cap_from=cap_from,
     )
 
 
@@ -251,7 +252,7 @@ def _train_stage(plan, mode, seed, progress, stop, model_loader) -> dict:
 
 
 def _evaluate_stage(plan, name, model, mode, examples, rationales, eval_note, model_loader,
-                    progress=None):  # fmt: skip
+                    progress, cap_from):  # fmt: skip
     """Accuracy of ``model`` on ``examples``, saved as ``eval-<name>.json`` (reused if there)."""
     from .evaluate import evaluate
 
@@ -274,6 +275,7 @@ def _evaluate_stage(plan, name, model, mode, examples, rationales, eval_note, mo
         max_new_tokens=plan.max_new_tokens,
         model_loader=model_loader,
         progress=progress,
+        cap_from=cap_from,
     )
     preds = Path(plan.out) / f"predictions-{name}.jsonl"
     atomic_write_text(preds, "".join(json.dumps(p) + "\n" for p in res.predictions))
@@ -323,6 +325,8 @@ def run_plan(
     def label(text: str) -> str:
         return f"[{next(counter)}/{n_stages}] {text}"
 
+    # Generation caps come from the training answers (never from a test file's gold).
+    train0 = splits[plan.seeds[0]][0]
     if plan.needs_rationales:
         # Rationales for every training example of every seed; with hint, the dev examples
         # too (their hints at evaluation come from the teacher's own answer: target generated).
@@ -334,12 +338,12 @@ def run_plan(
         st = label("extract rationales")
         emit({"stage": st, "done": 0, "total": len(order), "message": f"teacher {plan.teacher}"})
         summary = _extract_stage(plan, "extract", order, plan.target, teacher, _stage(emit, st),
-                                 stop)  # fmt: skip
+                                 stop, train0)  # fmt: skip
         result.extraction = summary
         if test and "hint" in modes and summary.get("status") != "stopped":
             st = label("extract test hints")
             _extract_stage(plan, "extract-eval", test, "generated", teacher, _stage(emit, st),
-                           stop)  # fmt: skip
+                           stop, train0)  # fmt: skip
         del teacher
         if stop.is_set() or summary.get("status") == "stopped":
             return PlanResult(status="stopped", stage="extract", out=str(plan.out))
@@ -351,7 +355,7 @@ def run_plan(
             emit({"stage": st, "done": 0, "total": len(dev)})
             res, cached = _evaluate_stage(plan, f"zero-shot-s{seed}", plan.student, "standard",
                                           dev, None, eval_note, model_loader,
-                                          _stage(emit, st))  # fmt: skip
+                                          _stage(emit, st), splits[seed][0])  # fmt: skip
             result.models.append(_model_result("zero-shot", "zero-shot", seed, res, eval_note,
                                                None, cached))  # fmt: skip
 
@@ -375,8 +379,8 @@ def run_plan(
                 emit({"stage": st, "done": 0, "total": len(test)})
                 hints = test_hints if mode == "hint" else None
                 res, cached = _evaluate_stage(plan, f"{mode}-s{seed}", run_dir, mode, test, hints,
-                                              eval_note, model_loader,
-                                              _stage(emit, st))  # fmt: skip
+                                              eval_note, model_loader, _stage(emit, st),
+                                              splits[seed][0])  # fmt: skip
             else:
                 res, cached = summary, bool(summary.get("cached"))
                 res = dict(res, predictions=str(Path(run_dir) / "dev_predictions.jsonl"))

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from explain.errors import one_line
+from explain.formatting import task_answers
 from explain.models import LoadedModel, load_model
 
 from .checkpoints import load_checkpoint, save_checkpoint
@@ -150,7 +151,7 @@ def train(
     if state.is_main_process:
         run.set_status("running")
     try:
-        ctx = _Ctx(config, run, accelerator, loaded, dev_ex, rmap, emit)
+        ctx = _Ctx(config, run, accelerator, loaded, dev_ex, rmap, emit, task_answers(train_ex))
         return _train(ctx, resumed, train_ex, stop)
     except Exception as e:
         if state.is_main_process:
@@ -169,6 +170,7 @@ class _Ctx:
     dev_ex: list
     rmap: dict | None
     emit: Callable[[dict], None]
+    cap_answers: list[str]  # the training split's answers and options: the generation cap
     model: torch.nn.Module | None = None
 
 
@@ -290,13 +292,13 @@ def _train(ctx: _Ctx, resumed: bool, train_ex: list, stop) -> dict:
 
 
 def answer_cap(ctx: _Ctx) -> int:
-    """Generation cap: ``max_new_tokens`` when set, else the longest gold answer + a margin."""
+    """Generation cap: ``max_new_tokens`` when set, else the longest training answer or option
+    plus a margin (the same cap the experiment's zero-shot baseline gets)."""
     from explain.formatting import answer_budget
 
     if ctx.config.max_new_tokens:
         return int(ctx.config.max_new_tokens)
-    answers = [e.label for e in ctx.dev_ex] + [o for e in ctx.dev_ex for o in (e.options or [])]
-    return answer_budget(ctx.loaded, answers)
+    return answer_budget(ctx.loaded, ctx.cap_answers)
 
 
 def _dev_eval(ctx: _Ctx, step: int, total: int, choices: bool = False, hints: bool = True):

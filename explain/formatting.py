@@ -176,6 +176,11 @@ def encode_target(loaded: LoadedModel, text: str, eos: bool = True) -> list[int]
     return ids
 
 
+def task_answers(examples: list) -> list[str]:
+    """Every gold answer and option text of ``examples`` (anything with ``label``/``options``)."""
+    return [e.label for e in examples] + [o for e in examples for o in (e.options or [])]
+
+
 def answer_budget(loaded: LoadedModel, answers: list[str], margin: int = 8) -> int:
     """A generation cap from the task: the longest expected answer in tokens, plus a margin."""
     longest = max((len(encode_target(loaded, a, eos=False)) for a in answers if a), default=0)
@@ -187,6 +192,7 @@ __all__ = [
     "EXPLAIN_CUE",
     "Source",
     "answer_budget",
+    "task_answers",
     "build_source",
     "encode_target",
     "render_prompt",

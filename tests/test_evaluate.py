@@ -384,3 +384,16 @@ def test_resolve_model_tells_runs_from_model_folders(tiny_model_dir, tmp_path):
     half.create({"kind": "train", "settings": {"mode": "standard"}})
     with pytest.raises(tr.TrainError, match="no final model yet"):
         ev.resolve_model(half.path)
+
+
+def test_generation_cap_comes_from_the_training_answers_not_the_evaluated_gold():
+    lm = tiny.loaded("llama")
+    train_ex = [example(i) for i in range(3)]
+    test_ex = [example(3)]
+    test_ex[0].label = " ".join(["cupboard"] * 12)  # a long gold answer must not lengthen output
+    own = ev.evaluate(lm, "cqa", test_ex, choices=False)
+    capped = ev.evaluate(lm, "cqa", test_ex, choices=False, cap_from=train_ex)
+    from explain.formatting import answer_budget, task_answers
+
+    assert capped.settings["max_new_tokens"] == answer_budget(lm, task_answers(train_ex))
+    assert own.settings["max_new_tokens"] > capped.settings["max_new_tokens"]
