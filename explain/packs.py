@@ -206,15 +206,16 @@ def _pip_download(req: str, dest: Path, on_bytes: ByteProgress | None = None) ->
         for t in readers:
             t.start()
         best = 0  # pip removes its partial file before exiting: never report a drop
+        sized = False  # reported since pip's size line was read (it may come after bytes)
         while True:
             try:
                 proc.wait(timeout=POLL_S)
                 break
             except subprocess.TimeoutExpired:
-                got = _largest_wheel(tmpdir)
-                if on_bytes and got > best:
-                    best = got
-                    on_bytes(got, total[0])
+                got, known = _largest_wheel(tmpdir), total[0] is not None
+                if on_bytes and got and (got > best or (known and not sized)):
+                    best, sized = max(best, got), sized or known
+                    on_bytes(best, total[0])
         for t in readers:
             t.join()
     stderr = "".join(err_lines)

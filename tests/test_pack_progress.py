@@ -26,13 +26,16 @@ FAKE_PIP = textwrap.dedent(
         sys.exit(1)
     data = src.read_bytes()
     name = req.replace("==", "-").replace("-", "_", 1) + "-py3-none-any.whl"
-    print("Collecting " + req)
-    print("  Downloading %s (%.1f kB)" % (name, len(data) / 1e3), flush=True)
+    print("Collecting " + req, flush=True)
     work = Path(tempfile.mkdtemp(prefix="pip-unpack-")) / name  # honours $TMPDIR, like pip
     go = Path(os.environ["FAKE_PIP_WHEELS"]) / (req + ".go")
     with open(work, "wb") as f:
         f.write(data[: len(data) // 2])
         f.flush()
+        # The size line reaches the reader only after bytes are on disk (a slow reader
+        # thread under load sees it this way): progress must still report a fraction.
+        time.sleep(0.2)
+        print("  Downloading %s (%.1f kB)" % (name, len(data) / 1e3), flush=True)
         # Hold at half until the test has seen a partial fraction (or 20 s pass).
         for _ in range(400):
             if go.exists():
