@@ -23,6 +23,7 @@ Rationale target: experiments use the teacher's own answer (``generated``, the p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -257,7 +258,14 @@ def _evaluate_stage(plan, name, model, mode, examples, rationales, eval_note, mo
     from .evaluate import evaluate
 
     path = Path(plan.out) / f"eval-{name}.json"
-    key = {"model": str(model), "mode": mode, "eval": eval_note, "n": len(examples)}
+    from .extract import examples_hash
+
+    # Everything that changes the result: reused only when all of it matches.
+    hints = json.dumps(rationales or {}, sort_keys=True)
+    key = {"model": str(model), "mode": mode, "eval": eval_note, "n": len(examples),
+           "examples": examples_hash(examples), "cap_from": examples_hash(cap_from or []),
+           "max_new_tokens": plan.max_new_tokens,
+           "hints": hashlib.sha256(hints.encode()).hexdigest()}  # fmt: skip
     cached = read_json(path)
     if cached and cached.get("key") == key:
         return cached["result"], True

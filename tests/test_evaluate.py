@@ -112,36 +112,12 @@ def test_normalised_ranking_differs_from_summed():
     assert rk.norms == [pytest.approx(-1.0), pytest.approx(-3.0 / 20)]
 
 
-def _tiny_qwen2(seed: int):
-    """A tiny random Qwen2 (the teacher's architecture: q/k/v biases)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from explain.models import prepare
-
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(
-        vocab_size=400,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    model = Qwen2ForCausalLM(cfg).eval()
-    return prepare("tiny-qwen2", model, tiny.tiny_tokenizer(), torch.device("cpu"))
-
-
 @pytest.mark.parametrize("family", ["llama", "t5", "qwen2"])
 def test_option_fast_path_equals_full_prompts(family):
     """One prompt pass + options from its cache/encoder states == each option after its full
     prompt: same log-probs (1e-3), same picks; questions of different lengths and option
     counts batched together (left padding for decoder-only)."""
-    lm = _tiny_qwen2(5) if family == "qwen2" else tiny.loaded(family, seed=5)
+    lm = tiny.loaded(family, seed=5)
     exs = examples(5)
     srcs = [ev.prompt_ids(lm, e, "standard", None, 10_000)
             for e in exs]  # fmt: skip

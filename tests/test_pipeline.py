@@ -162,3 +162,27 @@ def test_train_settings_override_the_stage_defaults(tmp_path, datasets_dir):
     assert cfg.eval_every == 5 and cfg.alpha == 0.3 and cfg.save_every == 25
     with pytest.raises(PlanError, match="unknown training setting.*colour"):
         validate(make_plan("cqa", str(tmp_path / "x"), train_settings={"colour": 1}))
+
+
+def test_a_stored_evaluation_is_reused_only_for_the_same_inputs(tiny_model_dir, datasets_dir,
+                                                               tmp_path, one_thread):  # fmt: skip
+    import copy
+
+    from distill.data import load_task
+    from distill.pipeline import _evaluate_stage
+    from explain.models import load_model
+
+    plan = _plan(tiny_model_dir, datasets_dir, tmp_path / "exp")
+    (tmp_path / "exp").mkdir()
+    exs = load_task("cqa", plan.data, limit=4)
+    dev, train = exs[:2], exs[2:]
+
+    def run(examples, cap_from):
+        return _evaluate_stage(plan, "zs", tiny_model_dir, "standard", examples, None, "dev",
+                               load_model, None, cap_from)[1]  # fmt: skip
+
+    assert run(dev, train) is False and run(dev, train) is True
+    edited = copy.deepcopy(dev)
+    edited[0].label = dev[1].label  # same count, same ids: other gold
+    assert run(edited, train) is False
+    assert run(edited, train[:1]) is False  # another cap source

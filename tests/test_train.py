@@ -539,13 +539,7 @@ def test_non_finite_settings_and_losses_are_refused(tmp_path):
 
 def test_token_nll_on_a_gpt2_style_student():
     """Learned absolute positions (GPT-2): left padding with explicit positions changes nothing."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=400, n_embd=32, n_layer=2, n_head=4, n_positions=256,
-                     pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
-    lm = prepare("tiny-gpt2", GPT2LMHeadModel(cfg).eval(), tiny.tiny_tokenizer(),
-                 torch.device("cpu"))  # fmt: skip
+    lm = tiny.loaded("gpt2")
     feats = [f for i in range(3) for f in example_features(lm, example(i), "dss")]
     nll = token_nll(lm.model, collate_features(feats, 0, False), False)
     for f, got in zip(feats, nll.tolist()):

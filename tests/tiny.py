@@ -57,24 +57,43 @@ def tiny_tokenizer():
     )
 
 
+# Shared by the decoder-only models below (Llama; Qwen2, the teacher's, with q/k/v biases).
+_DECODER = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=False,
+)
+
+
 def tiny_llama(seed: int = 0, vocab: int = 400):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, **_DECODER)).eval()
+
+
+def tiny_qwen2(seed: int = 0, vocab: int = 400):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, **_DECODER)).eval()
+
+
+def tiny_gpt2(seed: int = 0, vocab: int = 400):
+    """Learned absolute positions (GPT-2 style)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=256,
+                     pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
+    return GPT2LMHeadModel(cfg).eval()
 
 
 def tiny_t5(seed: int = 0, vocab: int = 400):
@@ -101,5 +120,5 @@ def tiny_t5(seed: int = 0, vocab: int = 400):
 def loaded(family: str = "llama", seed: int = 0):
     from explain.models import prepare
 
-    model = tiny_llama(seed) if family == "llama" else tiny_t5(seed)
-    return prepare(f"tiny-{family}", model, tiny_tokenizer(), torch.device("cpu"))
+    build = {"llama": tiny_llama, "qwen2": tiny_qwen2, "gpt2": tiny_gpt2, "t5": tiny_t5}[family]
+    return prepare(f"tiny-{family}", build(seed), tiny_tokenizer(), torch.device("cpu"))
