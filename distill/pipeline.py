@@ -252,9 +252,21 @@ def _train_stage(plan, mode, seed, progress, stop, model_loader) -> dict:
     return train(cfg, progress=progress, stop=stop, model_loader=model_loader)
 
 
+def zero_shot_variants(plan: Plan) -> list[tuple[str, bool]]:
+    """The untrained student's baselines as (name, chat template): the students' own prompt
+    format, and, when they train without the chat template, the chat template too, so that
+    the baseline to beat is the stronger of the two formats."""
+    chat = bool(plan.train_settings.get("chat_template", True))
+    return [("zero-shot", chat)] + ([] if chat else [("zero-shot-chat", True)])
+
+
 def _evaluate_stage(plan, name, model, mode, examples, rationales, eval_note, model_loader,
-                    progress, cap_from):  # fmt: skip
-    """Accuracy of ``model`` on ``examples``, saved as ``eval-<name>.json`` (reused if there)."""
+                    progress, cap_from, chat: bool | None = None):  # fmt: skip
+    """Accuracy of ``model`` on ``examples``, saved as ``eval-<name>.json`` (reused if there).
+
+    ``chat`` (a model spec only): wrap prompts in its chat template or not. Returns
+    ``(None, False)`` when ``chat`` asks for a chat template the model does not have.
+    """
     from .evaluate import evaluate
 
     path = Path(plan.out) / f"eval-{name}.json"
@@ -264,7 +276,7 @@ def _evaluate_stage(plan, name, model, mode, examples, rationales, eval_note, mo
     hints = json.dumps(rationales or {}, sort_keys=True)
     key = {"model": str(model), "mode": mode, "eval": eval_note, "n": len(examples),
            "examples": examples_hash(examples), "cap_from": examples_hash(cap_from or []),
-           "max_new_tokens": plan.max_new_tokens,
+           "max_new_tokens": plan.max_new_tokens, "chat": chat,
            "hints": hashlib.sha256(hints.encode()).hexdigest()}  # fmt: skip
     cached = read_json(path)
     if cached and cached.get("key") == key:
@@ -272,7 +284,9 @@ def _evaluate_stage(plan, name, model, mode, examples, rationales, eval_note, mo
     if not RunDir(model).is_finished:
         # A model spec or plain folder: load it here (a model folder's own config.json would
         # pass for a run folder's in resolve_model).
-        model = model_loader(str(model))
+        model = model_loader(str(model), **({} if chat is None else {"use_chat_template": chat}))
+        if chat and not model.has_chat_template:
+            return None, False
     res = evaluate(
         model,
         plan.task,
@@ -360,12 +374,15 @@ def run_plan(
         st = label(f"zero-shot {plan.student}")
         for seed in plan.seeds[:1] if test else plan.seeds:
             dev = test if test else splits[seed][1][: plan.dev_limit]
-            emit({"stage": st, "done": 0, "total": len(dev)})
-            res, cached = _evaluate_stage(plan, f"zero-shot-s{seed}", plan.student, "standard",
-                                          dev, None, eval_note, model_loader,
-                                          _stage(emit, st), splits[seed][0])  # fmt: skip
-            result.models.append(_model_result("zero-shot", "zero-shot", seed, res, eval_note,
-                                               None, cached))  # fmt: skip
+            for name, chat in zero_shot_variants(plan):
+                emit({"stage": st, "done": 0, "total": len(dev)})
+                res, cached = _evaluate_stage(plan, f"{name}-s{seed}", plan.student, "standard",
+                                              dev, None, eval_note, model_loader,
+                                              _stage(emit, st), splits[seed][0],
+                                              chat=chat)  # fmt: skip
+                if res is not None:
+                    result.models.append(_model_result(name, name, seed, res, eval_note, None,
+                                                       cached))  # fmt: skip
 
     test_hints = None
     if test and "hint" in modes:

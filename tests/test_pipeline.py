@@ -186,3 +186,34 @@ def test_a_stored_evaluation_is_reused_only_for_the_same_inputs(tiny_model_dir, 
     edited[0].label = dev[1].label  # same count, same ids: other gold
     assert run(edited, train) is False
     assert run(edited, train[:1]) is False  # another cap source
+
+
+def test_zero_shot_baseline_in_both_prompt_formats(tiny_model_dir, datasets_dir, tmp_path,
+                                                    one_thread):  # fmt: skip
+    """Students trained without the chat template are compared with the untrained student in
+    their own format and in its chat template (the stronger baseline of the two); a model
+    without a chat template gets only the first."""
+    import shutil
+
+    chat_dir = tmp_path / "tiny-chat"
+    shutil.copytree(tiny_model_dir, chat_dir)
+    cfg_path = chat_dir / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["chat_template"] = "{% for m in messages %}<s>{{ m['content'] }}</s>{% endfor %}<s>"
+    cfg_path.write_text(json.dumps(cfg))
+    settings = {"chat_template": False}
+    for student, want in ((str(chat_dir), {"zero-shot", "zero-shot-chat", "standard"}),
+                          (tiny_model_dir, {"zero-shot", "standard"})):  # fmt: skip
+        out = tmp_path / f"exp-{len(want)}"
+        plan = _plan(tiny_model_dir, datasets_dir, out, student=student, modes=["standard"],
+                     train_settings=settings)  # fmt: skip
+        res = run_plan(plan)
+        assert {m.mode for m in res.models} == want
+        chats = {m.mode: json.loads((out / f"eval-{m.mode}-s0.json").read_text())["result"]
+                 ["settings"]["chat_template"] for m in res.models
+                 if m.mode.startswith("zero")}  # fmt: skip
+        assert chats["zero-shot"] is False
+        if "zero-shot-chat" in want:
+            assert chats["zero-shot-chat"] is True
+        train_cfg = json.loads((out / "train-standard-s0/config.json").read_text())
+        assert train_cfg["settings"]["chat_template"] is False
