@@ -148,6 +148,8 @@ def _run(args: argparse.Namespace) -> int:
     # Every setting is checked before the model loads (a load can take half a minute).
     template, fields = fields_from_args(args)
     check_input(fields, args.answer)  # a 100k-character question: refused at once
+    if args.answer is not None and not args.answer.strip():
+        raise InputError("the given answer is empty")
     render(template, fields)
     check_device(args.device)
     check_whole(args.max_new_tokens, "--max-new-tokens")
