@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -37,8 +38,6 @@ def _examples(args: argparse.Namespace):
 
 def _finite(text: str) -> float:
     """A float flag that refuses nan and inf (``--lr inf`` trained an all-inf model)."""
-    import math
-
     try:
         value = float(text)
     except ValueError:
@@ -49,7 +48,16 @@ def _finite(text: str) -> float:
 
 
 def _dev_size(text: str) -> float | int:
-    return float(text) if "." in text else int(text)
+    """A dev split as a count (``100``) or a fraction (``0.1``)."""
+    try:
+        value = float(text) if "." in text else int(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < 0:  # "-1" read "leaves no training"
+        raise argparse.ArgumentTypeError(
+            f"expected a count (100) or a fraction (0.1), got {text!r}"
+        ) from None
+    return value
 
 
 class StageBar:

@@ -126,6 +126,7 @@ def fill(argv: list[str], env: dict) -> list[str]:
 Q = ["--question", "Where is the plate?", "--choices", "cupboard|table|sink"]
 IG = ["--method", "integrated_gradients"]
 
+# fmt: off
 EXPLAIN_CASES = [
     ("device-cuda7", [*Q, "--device", "cuda:7"], "cuda:7"),
     ("device-garbage", [*Q, "--device", "gpu!!"], "unknown device 'gpu!!'"),
@@ -155,6 +156,7 @@ EXPLAIN_CASES = [
     ("long-answer", [*Q, "--answer", "sink " * 600], f"limit is {MAX_ANSWER_CHARS:,} characters"),
     ("unknown-flag", [*Q, "--temperature", "0.7"], "unrecognized arguments: --temperature"),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize(("argv", "expect"), [c[1:] for c in EXPLAIN_CASES],
@@ -198,6 +200,7 @@ def data(name: str) -> list[str]:
     return ["--task", "cqa", "--data", "{data}/" + name]
 
 
+# fmt: off
 DISTILL_CASES = [
     # extract: every setting before the teacher loads or the folder exists
     ("extract-limit-0", [*EXTRACT, "--limit", "0", "--out", "r"], "--limit must be at least 1"),
@@ -208,36 +211,23 @@ DISTILL_CASES = [
     ("extract-method", [*EXTRACT, "--method", "magic", "--out", "r"], "unknown method 'magic'"),
     ("extract-max-new-0", [*EXTRACT, "--max-new-tokens", "0", "--out", "r"], "max new tokens"),
     ("extract-max-new-neg", [*EXTRACT, "--max-new-tokens", "-5", "--out", "r"], "max new tokens"),
-    (
-        "extract-ig-steps-0",
-        [*EXTRACT, *IG, "--steps", "0", "--out", "r"],
-        "--steps must be at least 1",
-    ),
-    (
-        "extract-ig-steps-neg",
-        [*EXTRACT, *IG, "--steps", "-3", "--out", "r"],
-        "--steps must be at least 1",
-    ),
-    (
-        "extract-steps-not-ig",
-        [*EXTRACT, "--steps", "8", "--out", "r"],
-        "--steps applies to integrated_gradients only",
-    ),
-    (
-        "extract-empty-dev",
-        [*EXTRACT, "--split", "dev", "--dev-size", "0", "--out", "r"],
-        "no examples in the dev split",
-    ),
-    (
-        "extract-dev-fraction",
-        [*EXTRACT, "--dev-size", "1.5", "--split", "dev", "--out", "r"],
-        "dev fraction must be in [0, 1)",
-    ),
-    (
-        "extract-faith-neg",
-        [*EXTRACT, "--faithfulness-limit", "-1", "--out", "r"],
-        "faithfulness limit must not be negative",
-    ),
+    ("extract-ig-steps-0", [*EXTRACT, *IG, "--steps", "0", "--out", "r"],
+     "--steps must be at least 1"),
+    ("extract-ig-steps-neg", [*EXTRACT, *IG, "--steps", "-3", "--out", "r"],
+     "--steps must be at least 1"),
+    ("extract-steps-not-ig", [*EXTRACT, "--steps", "8", "--out", "r"],
+     "--steps applies to integrated_gradients only"),
+    ("extract-empty-dev", [*EXTRACT, "--split", "dev", "--dev-size", "0", "--out", "r"],
+     "no examples in the dev split"),
+    ("extract-dev-fraction", [*EXTRACT, "--dev-size", "1.5", "--split", "dev", "--out", "r"],
+     "dev fraction must be in [0, 1)"),
+    ("extract-dev-size-word", [*EXTRACT, "--dev-size", "abc", "--out", "r"],
+     "--dev-size: expected a count (100) or a fraction (0.1), got 'abc'"),
+    ("extract-dev-size-neg", [*EXTRACT, "--dev-size", "-1", "--out", "r"],
+     "--dev-size: expected a count"),
+    ("train-dev-size-nan", [*TRAIN, "--dev-size", "nan.", "--out", "r"], "--dev-size: expected"),
+    ("extract-faith-neg", [*EXTRACT, "--faithfulness-limit", "-1", "--out", "r"],
+     "faithfulness limit must not be negative"),
     ("extract-device-cuda7", [*EXTRACT, "--device", "cuda:7", "--out", "r"], "cuda:7"),
     ("extract-device-bad", [*EXTRACT, "--device", "gpu!!", "--out", "r"], "unknown device"),
     ("extract-dtype", [*EXTRACT, "--dtype", "fp8", "--out", "r"], "invalid choice: 'fp8'"),
@@ -253,22 +243,13 @@ DISTILL_CASES = [
     ("extract-latin1-csv", ["extract", *data("latin1.csv"), "--out", "r"], "line 3"),
     ("extract-dup-ids", ["extract", *data("dup.jsonl"), "--out", "r"], "lines 1 and 3"),
     ("extract-empty-file", ["extract", *data("empty.jsonl"), "--out", "r"], "no records"),
-    (
-        "extract-malformed",
-        ["extract", *data("malformed.jsonl"), "--out", "r"],
-        "line 2: malformed JSON",
-    ),
-    (
-        "extract-bad-answer",
-        ["extract", *data("badanswer.jsonl"), "--out", "r"],
-        "line 1: field 'answer'",
-    ),
+    ("extract-malformed", ["extract", *data("malformed.jsonl"), "--out", "r"],
+     "line 2: malformed JSON"),
+    ("extract-bad-answer", ["extract", *data("badanswer.jsonl"), "--out", "r"],
+     "line 1: field 'answer'"),
     ("extract-missing-data", ["extract", *data("nope.jsonl"), "--out", "r"], "not found"),
-    (
-        "extract-task",
-        ["extract", "--task", "poetry", "--data", "x", "--out", "r"],
-        "invalid choice: 'poetry'",
-    ),
+    ("extract-task", ["extract", "--task", "poetry", "--data", "x", "--out", "r"],
+     "invalid choice: 'poetry'"),
     # train
     ("train-lr-nan", [*TRAIN, "--lr", "nan", "--out", "r"], "expected a finite number"),
     ("train-lr-inf", [*TRAIN, "--lr", "inf", "--out", "r"], "expected a finite number"),
@@ -292,11 +273,11 @@ DISTILL_CASES = [
         "train-rationales-missing",
         [*TRAIN, "--mode", "saliency", "--rationales", "{tmp}/none", "--out", "r"],
         "none",
-    ),  # fmt: skip
-    # eval
-    ("eval-batch-0", [*EVAL, "--batch-size", "0"], "--batch-size must be at least 1"),
-    ("eval-batch-neg", [*EVAL, "--batch-size", "-2"], "--batch-size must be at least 1"),
-    (
+        ),  # fmt: skip
+        # eval
+        ("eval-batch-0", [*EVAL, "--batch-size", "0"], "--batch-size must be at least 1"),
+        ("eval-batch-neg", [*EVAL, "--batch-size", "-2"], "--batch-size must be at least 1"),
+        (
         "eval-zero-examples",
         [*EVAL, "--split", "dev", "--dev-size", "0"],
         "no examples in the dev split",
@@ -307,11 +288,8 @@ DISTILL_CASES = [
     ("eval-rationales-missing", [*EVAL, "--with-rationales", "{tmp}/none"], "none"),
     ("eval-predictions-dir", [*EVAL, "--predictions", "{data}"], "--predictions"),
     # compare, overlap, experiment
-    (
-        "compare-out-file",
-        ["compare", "{data}/good.jsonl", "--out", "{data}/existing.md"],
-        "existing.md",
-    ),
+    ("compare-out-file", ["compare", "{data}/good.jsonl", "--out", "{data}/existing.md"],
+     "existing.md"),
     ("compare-missing-run", ["compare", "{tmp}/no-run"], "no-run"),
     ("compare-data-file", ["compare", "{data}/good.jsonl"], "line 1: not a predictions record"),
     ("compare-binary", ["compare", "{data}/rationales.bin"], "line 1: not UTF-8"),
@@ -323,17 +301,14 @@ DISTILL_CASES = [
         "overlap-n-random-neg",
         ["overlap", "--rationales", "{data}/good.jsonl", "--n-random", "-1"],
         "--n-random",
-    ),  # fmt: skip
-    (
+        ),  # fmt: skip
+        (
         "experiment-batch-0",
         ["experiment", *D, "--batch-size", "0", "--out", "{tmp}/exp"],
         "batch size must be at least 1",
     ),
-    (
-        "experiment-lr-nan",
-        ["experiment", *D, "--lr", "nan", "--out", "{tmp}/exp"],
-        "expected a finite number",
-    ),
+    ("experiment-lr-nan", ["experiment", *D, "--lr", "nan", "--out", "{tmp}/exp"],
+     "expected a finite number"),
     ("experiment-mode", ["experiment", *D, "--modes", "magic", "--out", "{tmp}/exp"], "magic"),
     (
         "experiment-binary",
@@ -342,6 +317,7 @@ DISTILL_CASES = [
     ),
     ("no-command", [], "the following arguments are required: command"),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize(("argv", "expect"), [c[1:] for c in DISTILL_CASES],
@@ -433,15 +409,20 @@ def test_train_honours_runs(tiny_model_dir, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "env-runs").exists() and not (tmp_path / "runs").exists()
 
 
-def test_token_limit_refuses_before_generation(monkeypatch):
-    """Under the character limit but over the token limit: refused after one tokenization."""
+def test_token_limit_refuses_before_generation(tiny_model_dir, monkeypatch, capsys):
+    """Under the character limit but over the token limit: refused after the load, before
+    generation and attribution (the limit lowered to 50 tokens for a tiny model)."""
     import explain.limits as limits
+    import explain.pipeline
 
     monkeypatch.setattr(limits, "MAX_INPUT_TOKENS", 50)
-    tok = tiny.tiny_tokenizer()
-    with pytest.raises(limits.InputError, match="the limit is 50 tokens"):
-        limits.check_tokens(tok, {"text": "Sam had apples " * 40})
-    assert limits.check_tokens(tok, {"text": "Sam had apples"}) <= 50
+    calls = []
+    monkeypatch.setattr(explain.pipeline, "explain", lambda *a, **k: calls.append(a))
+    argv = ["attribute", "--model", tiny_model_dir, "--text", "Sam had apples " * 40]
+    rc, err = run_main(explain_main, argv, capsys)
+    assert rc == 2 and calls == []
+    assert_one_line(err.splitlines()[-1], "the limit is 50 tokens")
+    assert limits.check_tokens(tiny.tiny_tokenizer(), {"text": "Sam had apples"}) <= 50
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,6 +456,7 @@ SECRET_PATHS = ["/etc/shadow", "~/.ssh/id_rsa", "../../", "/etc/passwd"]
 LATIN1 = "id,question,choices,answer\nq0,Café?,a|b,a\n".encode("latin-1")
 DUP = _jsonl([_record(0), _record(1, "q0")]).encode()
 
+# fmt: off
 APP_CASES = [
     *[
         (f"explain-model-{p}", "/explain", lambda w, p=p: _explain(w, a0=p), "not inside")
@@ -492,17 +474,17 @@ APP_CASES = [
         "compare-run-etc",
         "/compare",
         lambda w: [
-            str(w["model"]),
-            str(w["model"]),
-            "Multiple choice",
-            *QUESTION,
-            "",
-            "",
-            "",
-            "",
-            ["/etc"],
-            "saliency",
-            3,
+        str(w["model"]),
+        str(w["model"]),
+        "Multiple choice",
+        *QUESTION,
+        "",
+        "",
+        "",
+        "",
+        ["/etc"],
+        "saliency",
+        3,
         ],
         "not inside",
     ),
@@ -541,24 +523,12 @@ APP_CASES = [
     ("explain-k-none", "/explain", lambda w: _explain(w, a9=None), "k must be a whole number"),
     ("explain-method-none", "/explain", lambda w: _explain(w, a8=None), "attribution method"),
     ("explain-question-list", "/explain", lambda w: _explain(w, a2=["a"]), "question must be"),
-    (
-        "explain-long-question",
-        "/explain",
-        lambda w: _explain(w, a2=LONG),
-        f"the limit is {MAX_INPUT_CHARS:,} characters",
-    ),
-    (
-        "explain-long-choices",
-        "/explain",
-        lambda w: _explain(w, a3=" | ".join([LONG[:4000]] * 5)),
-        f"the limit is {MAX_INPUT_CHARS:,} characters",
-    ),
-    (
-        "explain-long-answer",
-        "/explain",
-        lambda w: _explain(w, a10="sink " * 600),
-        f"limit is {MAX_ANSWER_CHARS:,} characters",
-    ),
+    ("explain-long-question", "/explain", lambda w: _explain(w, a2=LONG),
+     f"the limit is {MAX_INPUT_CHARS:,} characters"),
+    ("explain-long-choices", "/explain", lambda w: _explain(w, a3=" | ".join([LONG[:4000]] * 5)),
+     f"the limit is {MAX_INPUT_CHARS:,} characters"),
+    ("explain-long-answer", "/explain", lambda w: _explain(w, a10="sink " * 600),
+     f"limit is {MAX_ANSWER_CHARS:,} characters"),
     ("overlap-page-abc", "/overlap_page", lambda w: ["abc", "all"], "page must be a whole"),
     ("overlap-page-0", "/overlap_page", lambda w: [0, "all"], "page must be a whole"),
     ("overlap-filter", "/overlap_page", lambda w: [1, "everything"], "unknown filter"),
@@ -570,6 +540,7 @@ APP_CASES = [
     ("distill-name-dots", "/distill_start", lambda w: _start(w, a14=".."), "run name"),
     ("distill-preset", "/distill_start", lambda w: _start(w, a17="huge"), "preset"),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize(("api", "make", "expect"), [c[1:] for c in APP_CASES],
