@@ -558,3 +558,24 @@ def test_app_bad_input(world, monkeypatch, api, make, expect):  # noqa: F811
     assert_one_line(text, expect)
     assert calls == [] and world["loader"].counts == loads  # no model work
     assert tree(world["runs"]) == before  # no run folder, no stored upload
+
+
+@pytest.mark.parametrize(
+    ("argv", "port_env", "expect"),
+    [
+        (["--port", "abc"], None, "--port: expected a port from 1 to 65535, got 'abc'"),
+        (["--port", "70000"], None, "--port: expected a port from 1 to 65535, got '70000'"),
+        ([], "abc", "--port: expected a port from 1 to 65535, got 'abc'"),
+        (["--share"], None, "unrecognized arguments: --share"),
+    ],  # fmt: skip
+    ids=["port-word", "port-range", "port-env", "unknown-flag"],
+)
+def test_app_cli_bad_flags(monkeypatch, capsys, argv, port_env, expect):
+    """``python app.py``'s flags: one line, exit 2 (KDLENS_PORT=abc was a traceback)."""
+    from app.cli import parse_args
+
+    if port_env is not None:
+        monkeypatch.setenv("KDLENS_PORT", port_env)
+    rc, err = run_main(parse_args, argv, capsys)
+    assert rc == 2
+    assert_one_line(err, expect)
