@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from explain.errors import OneLineParser
 from explain.packs import DEFAULT_STUDENT, DEFAULT_TEACHER
 
 # (flag, environment variable, default, help): each flag's default comes from its variable.
@@ -22,15 +23,26 @@ FLAGS = [
 ]  # fmt: skip
 
 
+def _port(text: str) -> int:
+    """A TCP port (KDLENS_PORT=abc ended in a traceback before the parser ran)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
+    return port
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
-    p = argparse.ArgumentParser(description="KD-Lens web app")
+    p = OneLineParser(prog="python app.py", description="KD-Lens web app")
     for flag, var, default, help_ in FLAGS:
         p.add_argument(flag, default=env(var, default), help=f"{help_} (${var})")
     p.add_argument(
         "--port",
-        type=int,
-        default=int(env("KDLENS_PORT", "7860")),
+        type=_port,
+        default=env("KDLENS_PORT", "7860"),  # a text default goes through _port too
         help="port (default 7860) ($KDLENS_PORT)",
     )
     p.add_argument(

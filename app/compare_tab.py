@@ -208,6 +208,8 @@ def layout(ctx: AppContext, ui: dict) -> None:
 
 
 def wire(ctx: AppContext, ui: dict) -> None:
+    from explain.limits import check_input
+
     from .explain_tab import check_settings
 
     cmp_in = ui["cmp_in"]
@@ -218,6 +220,7 @@ def wire(ctx: AppContext, ui: dict) -> None:
         meth, k = check_settings(meth, k)
         gold = forms.text(gold, "gold answer")
         template, fields = forms.task_fields(kind, q, ch, pr, hy, bo)
+        check_input(fields)  # the Explain tab's limit, before any model work
         if isinstance(runs, str):
             runs = [runs]
         if not isinstance(runs, list | None) or not all(isinstance(r, str) for r in runs or []):

@@ -5,6 +5,7 @@ page follows its progress from the experiment folder's stage runs."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -113,6 +114,8 @@ def resolve_data(ctx: AppContext, task: str, source: str, path: str | None,
         if source == "upload":  # nothing of a rejected upload stays behind
             if created:
                 created.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # the folder too, when this made it
+                    created.parent.rmdir()
             discard_upload(Path(upload))
         raise
     return p

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 
 from explain.attr import METHODS
 from explain.errors import InputError
+from explain.limits import check_input, check_tokens
 from explain.packs import DEFAULT_STUDENT
 from explain.result import AttributionResult
 
@@ -187,8 +188,10 @@ def wire(ctx: AppContext, ui: dict) -> None:
         meth, k = check_settings(meth, k, lvl)
         gold, answer = forms.text(gold, "gold answer"), forms.text(answer, "given answer")
         template, fields = forms.task_fields(kind, q, ch, pr, hy, bo)
+        check_input(fields, answer)  # issue 9: a 100k-character question, refused at once
         cold = str(teacher).strip() not in ctx.loaded_specs()
         loaded = ctx.teacher_model(teacher, gradio_progress(progress))
+        check_tokens(loaded.tokenizer, fields)
         # The per-token rows feed the heatmap; the rationale is the whole answer's, as in
         # extraction (explain.rationale).
         result = explain(loaded, fields, template=template, method=meth, top_k=k,

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from explain.errors import run_cli
+from explain.cli import DTYPES
+from explain.errors import OneLineParser, run_cli
 from explain.packs import DEFAULT_STUDENT, DEFAULT_TEACHER
 from explain.rationale import RATIONALE_DEFAULTS
 
@@ -27,7 +28,7 @@ from .tasks import task_names
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m distill", description=__doc__)
+    p = OneLineParser(prog="python -m distill", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-faithfulness", action="store_true")
     e.add_argument("--faithfulness-limit", type=int, help="ERASER figures on the first N only")
     e.add_argument("--device")
-    e.add_argument("--dtype", default="auto")
+    e.add_argument("--dtype", default="auto", choices=DTYPES)
     out_args(e)
     e.set_defaults(fn=cmd_extract)
 

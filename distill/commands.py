@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -37,8 +38,6 @@ def _examples(args: argparse.Namespace):
 
 def _finite(text: str) -> float:
     """A float flag that refuses nan and inf (``--lr inf`` trained an all-inf model)."""
-    import math
-
     try:
         value = float(text)
     except ValueError:
@@ -49,7 +48,16 @@ def _finite(text: str) -> float:
 
 
 def _dev_size(text: str) -> float | int:
-    return float(text) if "." in text else int(text)
+    """A dev split as a count (``100``) or a fraction (``0.1``)."""
+    try:
+        value = float(text) if "." in text else int(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < 0:  # "-1" read "leaves no training"
+        raise argparse.ArgumentTypeError(
+            f"expected a count (100) or a fraction (0.1), got {text!r}"
+        ) from None
+    return value
 
 
 class StageBar:
@@ -57,10 +65,18 @@ class StageBar:
     name, items done/total, items/s and ETA."""
 
     def __init__(self, unit: str = "it") -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=0, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        self.unit, self._bar = unit, None
         self.stage: str | None = None
+
+    @property
+    def bar(self):
+        # Drawn at the first report: a plan refused before its first stage prints only the
+        # error line, not an empty bar glued to it.
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=0, unit=self.unit, file=sys.stderr, dynamic_ncols=True)
+        return self._bar
 
     def __call__(self, p: dict) -> None:
         # "[2/5] train saliency (seed 0): training": the part before ": " is the job's stage,
@@ -83,7 +99,8 @@ class StageBar:
         self.bar.refresh()
 
     def close(self) -> None:
-        self.bar.close()
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _bar(total: int, desc: str):
@@ -113,13 +130,29 @@ def _check_limit(args: argparse.Namespace) -> None:
         raise KDLensError(f"--limit must be at least 1, got {args.limit}")
 
 
+def _method_settings(args: argparse.Namespace) -> dict | None:
+    """Extraction's ``--steps``, checked like the explain CLI's (``--steps 0`` was ignored)."""
+    from explain.cli import check_whole
+
+    if args.steps is None:
+        return None
+    if args.method != "integrated_gradients":
+        raise KDLensError("--steps applies to integrated_gradients only")
+    check_whole(args.steps, "--steps")
+    return {"n_steps": args.steps}
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
+
+    from explain.cli import check_device
 
     from .data import data_hash
     from .extract import extract, validate_settings
     from .runs import RunDir
 
     _check_limit(args)
+    check_device(args.device)
+    settings = _method_settings(args)
     out = run_out(args)
     examples = _examples(args)
     if not examples:
@@ -133,7 +166,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
         run.check({})  # a folder that is not a run: refuse before loading the teacher
     teacher = model_loader()(args.teacher, device=args.device, dtype=args.dtype)
     bar, update = _bar(len(examples), "extract")
-    settings = {"n_steps": args.steps} if args.steps else None
     try:
         summary = extract(
             teacher,
@@ -211,6 +243,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
+    _check_limit(args)
     cfg = TrainConfig(
         student=args.student,
         task=args.task,
@@ -242,14 +275,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def predictions_path(args: argparse.Namespace) -> Path:
-    """--predictions, else beside a run folder's model, else in the current folder."""
+    """--predictions, else beside a run folder's model, else in ``<runs>/predictions/`` named
+    after the model spec (never the current folder: issue 9, one rule for every command)."""
+    import re
+
+    from .runs import runs_root
+
     if args.predictions:
         return Path(args.predictions)
-    name = f"predictions-{args.task}-{args.split}{'-hint' if args.with_rationales else ''}.jsonl"
+    name = f"predictions-{args.task}-{args.split}{'-hint' if args.with_rationales else ''}"
     model = Path(args.model)
     if (model / "config.json").is_file() and (model / "summary.json").is_file():
-        return model / name
-    return Path(name)
+        return model / f"{name}.jsonl"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model.name or str(args.model)).strip("-.") or "model"
+    return runs_root() / "predictions" / f"{name}-{slug}.jsonl"
 
 
 def _stage_bars():
@@ -280,7 +319,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
     from .rationales import check_hint_source, rationale_map
 
+    _check_limit(args)
+    if args.batch_size < 1:
+        raise KDLensError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.predictions and Path(args.predictions).is_dir():
+        raise KDLensError(f"--predictions {args.predictions!r} is a folder; give a file name")
     examples = _examples(args)
+    if not examples:  # "accuracy 0.0000 n=0" was printed as a result
+        raise KDLensError(f"no examples in the {args.split} split; nothing to evaluate")
     rationales = None
     if args.with_rationales:  # hints only from the teacher's own answers (never the gold)
         check_hint_source(args.with_rationales)
@@ -303,10 +349,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         close()
     from .runs import atomic_write_text
 
-    atomic_write_text(
-        predictions_path(args), "".join(json.dumps(p) + "\n" for p in result.predictions)
-    )
-    print(f"predictions: {predictions_path(args)}", file=sys.stderr)
+    preds = predictions_path(args)
+    preds.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(preds, "".join(json.dumps(p) + "\n" for p in result.predictions))
+    print(f"predictions: {preds}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -324,6 +370,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, compare_pairs, write_comparison
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # failed with FileExistsError after the work
+        raise KDLensError(f"--out {args.out!r} is a file; give a folder for the comparison")
+    if args.n_boot < 1:
+        raise KDLensError(f"--n-boot must be at least 1, got {args.n_boot}")
     df = compare(args.runs_dirs)
     print(df.to_string(index=False))
     csv, md = write_comparison(df, args.out)
@@ -345,6 +396,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_overlap(args: argparse.Namespace) -> int:
     from .overlap import load_rationales, overlap_report
 
+    if args.n_random < 0:
+        raise KDLensError(f"--n-random must not be negative, got {args.n_random}")
     records = load_rationales(args.rationales)
     if args.task:
         other = {r.get("task") for r in records} - {args.task, None}

@@ -59,8 +59,21 @@ RUN_PREDICTIONS = "dev_predictions.jsonl"  # a training run's per-example dev pr
 
 
 def _read_predictions(path: Path) -> list[dict]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(x) for x in lines if x.strip()]
+    """Per-example predictions, each with its ``correct``; any other file is refused with its
+    line (a data file was compared as accuracy 0.0, a binary one ended in a traceback)."""
+    from .data import jsonl_records
+
+    preds = []
+    for line, rec in jsonl_records(path, TrainError):
+        if "correct" not in rec:
+            raise TrainError(
+                f"{path.name} line {line}: not a predictions record (no 'correct'); give a run "
+                "folder or a `distill eval` predictions file"
+            )
+        preds.append(rec)
+    if not preds:
+        raise TrainError(f"{path.name}: no predictions (the file is empty)")
+    return preds
 
 
 def _mean_of(preds: list[dict], key: str) -> float | None:

@@ -55,6 +55,21 @@ def default_path(task: str, datasets_dir: str | Path) -> Path:
 # Reading records
 
 
+def read_text(path: Path, error: type[DataError] = DataError) -> str:
+    """A data file's text: UTF-8 with or without a BOM; anything else refused in one line that
+    names the line of the first bad byte (Latin-1 and binary files gave UnicodeDecodeError)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise error(
+            f"{path.name} line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+            f"{col}); save the file as UTF-8"
+        ) from None
+
+
 def jsonl_records(
     path: Path, error: type[DataError] = DataError, torn_tail_ok: bool = False
 ) -> Iterator[tuple[int, dict]]:
@@ -64,10 +79,7 @@ def jsonl_records(
     in one line. ``torn_tail_ok``: a last line without its newline (a kill mid-append) that is
     not valid JSON is skipped instead of refused.
     """
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise error(f"{path.name}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    text = read_text(path, error)
     lines = text.split("\n")
     torn_ok = torn_tail_ok and not text.endswith("\n")
     for n, line in enumerate(lines, start=1):
@@ -91,7 +103,11 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8", newline="") as f:
+    import io
+
+    # Decoded whole first: a BOM is dropped (it became part of the first column's name) and a
+    # non-UTF-8 file is refused with its line.
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames:
             return
@@ -300,10 +316,18 @@ def load_task(
         raise DataError(f"data file not found: {path}")
     mapping = dict(mapping or {})
     out: list[Example] = []
+    seen: dict[str, int] = {}  # id -> line: two records with one id were merged downstream
     for index, (line, rec) in enumerate(_records(path)):
         if limit is not None and len(out) >= limit:
             break
-        out.append(_example(spec, _Rec(rec, mapping, path.name, line), index))
+        ex = _example(spec, _Rec(rec, mapping, path.name, line), index)
+        if ex.id in seen:
+            raise DataError(
+                f"{path.name} lines {seen[ex.id]} and {line}: the same id {ex.id!r}; "
+                "ids must be unique"
+            )
+        seen[ex.id] = line
+        out.append(ex)
     if not out and (limit is None or limit > 0):
         raise DataError(f"{path.name}: no records (the file is empty)")
     return out

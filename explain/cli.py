@@ -7,10 +7,12 @@ import json
 
 from . import packs
 from .attr import METHODS
-from .errors import InputError, run_cli
+from .errors import InputError, OneLineParser, run_cli
 from .rationale import AGGREGATES, RATIONALE_DEFAULTS, ROWS
 from .result import AttributionResult
 from .words import PIECE_AGGREGATIONS
+
+DTYPES = ["auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"]  # models.resolve_dtype
 
 
 def fields_from_args(args: argparse.Namespace) -> tuple[str, dict]:
@@ -26,6 +28,34 @@ def fields_from_args(args: argparse.Namespace) -> tuple[str, dict]:
     if args.text is not None:
         return "free", {"text": args.text}
     raise InputError("give --question (with optional --choices), --premise/--hypothesis or --text")
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device this machine does not have before any model load (``--device cuda:7``
+    and ``--device 'gpu!!'`` failed inside the load with torch's own exception)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return
+    if dev.type != "cuda":
+        raise InputError(f"unsupported device {device!r}; use cpu, cuda or cuda:N")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        raise InputError(f"device {device!r}: no CUDA GPU is available here; use --device cpu")
+    if dev.index is not None and dev.index >= n:
+        raise InputError(f"device {device!r} does not exist; this machine has cuda:0..cuda:{n - 1}")
+
+
+def check_whole(value: int | None, flag: str, lo: int = 1) -> None:
+    """A whole-number flag at least ``lo`` (None: the default)."""
+    if value is not None and value < lo:
+        raise InputError(f"{flag} must be at least {lo}, got {value}")
 
 
 def _bar(score: float, scale: float, width: int = 24) -> str:
@@ -57,7 +87,7 @@ def render_text(result: AttributionResult) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m explain", description=__doc__)
+    p = OneLineParser(prog="python -m explain", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -89,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--steps", type=int, help="integrated_gradients: number of steps")
     a.add_argument("--baseline", choices=["zero", "pad"], help="IG/occlusion reference")
     a.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    a.add_argument("--dtype", default="auto", help="auto|fp32|bf16|fp16")
+    a.add_argument("--dtype", default="auto", choices=DTYPES)
     a.add_argument("--no-chat-template", action="store_true")
     a.add_argument("--json", action="store_true", help="print exactly the result object")
     return p
@@ -110,16 +140,24 @@ def _run(args: argparse.Namespace) -> int:
             bars.close()
             print(path)
         return 0
+    from .limits import check_input, check_tokens
     from .models import load_model
     from .pipeline import explain
     from .templates import render
 
+    # Every setting is checked before the model loads (a load can take half a minute).
     template, fields = fields_from_args(args)
-    render(template, fields)  # reject bad input before a model load
+    check_input(fields, args.answer)  # a 100k-character question: refused at once
+    if args.answer is not None and not args.answer.strip():
+        raise InputError("the given answer is empty")
+    render(template, fields)
+    check_device(args.device)
+    check_whole(args.max_new_tokens, "--max-new-tokens")
     settings = {}
     if args.steps is not None:
         if args.method != "integrated_gradients":
             raise InputError("--steps applies to integrated_gradients only")
+        check_whole(args.steps, "--steps")
         settings["n_steps"] = args.steps
     if args.baseline is not None:
         if args.method not in ("integrated_gradients", "occlusion"):
@@ -134,6 +172,7 @@ def _run(args: argparse.Namespace) -> int:
         use_chat_template=not args.no_chat_template,
         progress=StageBars(),  # tqdm on stderr: download, checksum, conversion, load
     )
+    check_tokens(loaded.tokenizer, fields)
     result = explain(
         loaded,
         fields,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+from typing import NoReturn
+
 
 class KDLensError(Exception):
     """An error the user can act on. Its message is a single readable line."""
@@ -24,6 +27,17 @@ class WeightsError(PackError):
 
 class InputError(KDLensError):
     """Bad task input (empty question, wrong choices, unknown template...)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the CLIs' error style: ``error: ...`` in one line on stderr, exit 2
+    (argparse's default prints the usage first, several lines for a long command)."""
+
+    def error(self, message: str) -> NoReturn:
+        import sys
+
+        print(f"error: {self.prog}: {' '.join(message.split())} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def one_line(e: BaseException) -> str:
