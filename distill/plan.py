@@ -31,10 +31,14 @@ class PlanError(KDLensError):
 # ---------------------------------------------------------------------------------------------
 # Presets: the one place to tune the experiment's sizes.
 #
-# cpu: a 2-core CPU, one task in at most ~45 minutes. Teacher extraction dominates (about
-#      7.6 s per example for the 1.5B Qwen pack before issue 8's speed-ups), so the training
-#      set is the largest that keeps extraction near 20 minutes; 3 epochs at lr 1e-4 is the
-#      recipe that made the 135M student learn e-SNLI in issue 8's probe.
+# cpu: a 2-core CPU, one task in at most ~45 minutes. Measured on such a CPU (issue 8):
+#      teacher extraction ~5-10 s per example (1.5B Qwen pack, bf16), a student step of batch 8
+#      ~3.3 s (135M SmolLM2, bf16 autocast, no chat template), twice that in the two-target
+#      modes (saliency, dss, random). 160 training examples x 3 epochs = 60 steps per mode:
+#      about 15-25 min of extraction and 23 min of training for the four modes, plus
+#      evaluation. lr 1e-4 with a short warmup: 2e-4 collapsed to one class on e-SNLI dev in
+#      the dev-split search (bench/results/tune_esnli.jsonl). Students read the bare prompt
+#      (no chat template: 30% fewer tokens); the zero-shot baseline is scored both ways.
 # gpu: one H100/H200-class GPU, full training file, bf16 (TrainConfig bf16="auto").
 PRESETS: dict[str, dict] = {
     "cpu": {
@@ -45,6 +49,7 @@ PRESETS: dict[str, dict] = {
         "lr": 1e-4,
         "extract_batch": 4,
         "dev_limit": 100,
+        "train_settings": {"warmup": 5, "bf16": True, "chat_template": False},
     },
     "gpu": {
         "train_size": None,  # the whole training file
@@ -54,6 +59,7 @@ PRESETS: dict[str, dict] = {
         "lr": 1e-4,
         "extract_batch": 32,
         "dev_limit": 500,
+        "train_settings": {"warmup": 20, "chat_template": False},
     },
 }
 
@@ -123,8 +129,15 @@ def make_plan(task: str, out: str, preset: str | None = None, **overrides) -> Pl
     """A plan from a preset's sizes, then explicit settings (None values are ignored)."""
     if preset is not None and preset not in PRESETS:
         raise PlanError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    kw = dict(PRESETS.get(preset or "", {}))
-    kw.update({k: v for k, v in overrides.items() if v is not None})
+    kw = {
+        k: (dict(v) if isinstance(v, dict) else v) for k, v in PRESETS.get(preset or "", {}).items()
+    }
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k == "train_settings":  # explicit settings add to the preset's
+            v = {**kw.get(k, {}), **v}
+        kw[k] = v
     kw.setdefault("data", default_data(task))
     return Plan(task=task, out=str(out), preset=preset, **kw)
 
