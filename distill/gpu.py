@@ -146,7 +146,9 @@ def spec_params(spec: str) -> int | None:
     return safetensors_params(folder) if folder.is_dir() else None
 
 
-def detect_gpu_batch_sizes(student: str, teacher: str | None) -> GpuBatchSizes | None:
+def detect_gpu_batch_sizes(
+    student: str, teacher: str | None, effective_train: int = EFFECTIVE_TRAIN_BATCH
+) -> GpuBatchSizes | None:
     """The sizes for the first CUDA device and these models; None without a GPU or when a
     model's size cannot be read locally (the preset's fixed sizes then apply)."""
     import torch
@@ -157,7 +159,8 @@ def detect_gpu_batch_sizes(student: str, teacher: str | None) -> GpuBatchSizes |
     t = spec_params(teacher) if teacher else 0
     if s is None or t is None:
         return None
-    return gpu_batch_sizes(torch.cuda.get_device_properties(0).total_memory, s, t)
+    total = torch.cuda.get_device_properties(0).total_memory
+    return gpu_batch_sizes(total, s, t, effective_train)
 
 
 __all__ = [
