@@ -129,7 +129,7 @@ else
 fi
 
 # On a GPU no cuda test may skip: a skip here means the check did not check.
-SKIPPED=$(grep -c '<skipped' "$WORK/junit.xml" 2>/dev/null)
+SKIPPED=$(grep -o '<skipped' "$WORK/junit.xml" 2>/dev/null | wc -l)
 if [ "$TESTS_RC" = 0 ] && [ "${SKIPPED:-0}" = 0 ] && [ "$EXP_RC" = 0 ]; then
   STATUS=passed
 else
