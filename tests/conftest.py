@@ -76,3 +76,19 @@ def one_thread():
 def one_thread_module():
     with _single_thread():
         yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run only where torch sees a CUDA GPU; elsewhere they are skipped
+    with the reason (never run on the CPU, never failed for lack of a GPU)."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    build = f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}"
+    skip = pytest.mark.skip(reason=f"needs a CUDA GPU; torch sees none ({build})")
+    for item in marked:
+        item.add_marker(skip)
