@@ -5,7 +5,9 @@ with the default rationale settings, saliency, ``rows="answer"`` plus ``token_ma
 given answer, template ``free``) in a FRESH subprocess, so points cannot pollute each other:
 
 - the model is loaded (``load_model(spec)``, dtype ``auto``: fp32 SmolLM2, bf16 Qwen);
-- the RSS right after the load is read (``VmRSS``) and the peak is reset (``/proc/self/clear_refs``
+- every weight is read once (the pack's safetensors are memory-mapped: a fresh load is mostly
+  not resident, and the first Explain would otherwise count the weights' pages as its own);
+- the RSS then is read (``VmRSS``) and the peak is reset (``/proc/self/clear_refs``
   ``5``, which also resets ``getrusage(RUSAGE_SELF).ru_maxrss``), so the peak is the Explain's;
 - after the Explain, ``ru_maxrss`` is the absolute peak; ``peak - rss_after_load`` is reported.
 
@@ -95,6 +97,19 @@ def request(loaded, prompt_tokens: int, answer_tokens: int) -> tuple[dict, str]:
     return {"text": text_of_tokens(loaded, n)}, answer
 
 
+def make_resident(loaded) -> float:
+    """Read every weight once; the RSS before that (MB). The pack's safetensors are memory-mapped,
+    so a fresh load is mostly not resident yet: without this, the first Explain's peak would
+    count the weights' pages (3 GB for the Qwen pack) as the Explain's memory."""
+    import torch
+
+    before = rss_mb()
+    with torch.no_grad():
+        for t in [*loaded.model.parameters(), *loaded.model.buffers()]:
+            t.float().sum() if t.numel() < 2**20 else t.sum()
+    return before
+
+
 def count_chunks() -> list[int]:
     """Record the rows of every vectorised backward (explain.attr.gradient._grad_rows)."""
     from explain.attr import gradient
@@ -122,6 +137,7 @@ def run_point(spec: str, prompt_tokens: int, answer_tokens: int) -> dict:
     t0 = time.perf_counter()
     loaded = load_model(spec)
     load_s = time.perf_counter() - t0
+    rss_mapped = make_resident(loaded)
     fields, answer = request(loaded, prompt_tokens, answer_tokens)
     chunks = count_chunks()
     gc.collect()
@@ -134,7 +150,8 @@ def run_point(spec: str, prompt_tokens: int, answer_tokens: int) -> dict:
     return {
         "prompt_tokens": len(result.input_ids),
         "answer_tokens": len(result.output_ids),
-        "rss_after_load_mb": round(base, 1),
+        "rss_after_load_mb": round(base, 1),  # weights resident (make_resident)
+        "rss_after_load_mapped_mb": round(rss_mapped, 1),  # straight after load_model
         "peak_mb": round(peak, 1),
         "peak_above_load_mb": round(peak - base, 1),
         "seconds": round(seconds, 2),
@@ -200,6 +217,8 @@ def run_concurrent(prompt_tokens: int, answer_tokens: int, specs: list[str]) -> 
     from explain.pipeline import explain
 
     models = {s: load_model(s) for s in MODELS}
+    for m in models.values():
+        make_resident(m)
     reqs = {s: request(models[s], prompt_tokens, answer_tokens) for s in MODELS}
     chunks = count_chunks()
     gc.collect()
@@ -331,6 +350,9 @@ def main() -> None:
         print(json.dumps(r, indent=1))
         return
     if not args.plot_only:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True).stdout.strip()  # fmt: skip
+        data["code"] = head
         data["machine"] = f"{os.cpu_count()} CPUs, {os.uname().machine}, shared (nice 19)"
         data["before"] = f"KDLENS_ATTR_MEMORY_MB={BEFORE_BUDGET_MB}: all rows in one backward"
         data["after"] = "KDLENS_ATTR_MEMORY_MB unset (1024 MB budget)"
