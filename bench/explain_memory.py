@@ -183,10 +183,11 @@ def spawn(args: list[str], env: dict, timeout: float) -> dict:
 def sweep(spec: str, kind: str, args, results: list[dict], save) -> None:
     """One sweep of one model, before and after at each point, smallest first."""
     lengths = ANSWER_LENGTHS if kind == "answer" else PROMPT_LENGTHS
+    lengths = tuple(args.lengths) if args.lengths else lengths
     for n in lengths:
         prompt, answer = (FIXED_PROMPT, n) if kind == "answer" else (n, FIXED_ANSWER)
         slow = False
-        for mode in ("after", "before"):
+        for mode in args.modes:
             env = dict(os.environ)
             env.pop("KDLENS_ATTR_MEMORY_MB", None)
             if mode == "before":
@@ -287,7 +288,7 @@ def render_png(fig, png: Path) -> None:
     try:
         fig.write_image(str(png))
         return
-    except (ImportError, ValueError):
+    except (ImportError, ValueError, RuntimeError):  # no (or an old) kaleido
         pass
     import tempfile
 
@@ -318,6 +319,8 @@ def main() -> None:
         default=180,
         help="a point slower than this skips the larger points of its sweep",
     )
+    ap.add_argument("--lengths", type=int, nargs="+", help="only these lengths of the sweeps")
+    ap.add_argument("--modes", nargs="+", default=["after", "before"], choices=["after", "before"])
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--fresh", action="store_true", help="drop the stored points of these runs")
     ap.add_argument("--plot-only", action="store_true")

@@ -26,7 +26,8 @@ FLOP count of the passes run (today's code; counted from the token ids the passe
   embeddings. That backward needs only activation gradients (2 * P per token; weight gradients
   are not computed since ``autograd.grad`` asks for the input alone), so the pass is 4 * P per
   token. The 6 * P convention (weight gradients too) is reported as ``*_6p`` for comparison.
-P is the non-embedding parameter count (the embedding lookup costs no FLOPs); attention's
+P is the parameter count outside the embedding and the vocabulary projection (the lookup costs
+no FLOPs; the projection is the V * D term); attention's
 sequence-squared terms are left out (prompts here are about 150 tokens). "useful" counts real
 tokens only; "computed" counts the padded rectangles the batched passes actually ran.
 
@@ -135,6 +136,17 @@ def flops(c: Counts, p: int, vd: int, backward_per_param: int = 2) -> tuple[floa
     return useful, computed
 
 
+def body_params(model) -> tuple[int, int]:
+    """(P, V*D): parameters outside the embedding and the vocabulary projection (tied or not,
+    the projection's FLOPs are counted separately, per position it runs on)."""
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    p = sum(t.numel() for t in model.parameters()) - emb.numel()
+    if head is not None and head.weight.data_ptr() != emb.data_ptr():
+        p -= head.weight.numel()
+    return p, emb.numel()
+
+
 def run_baseline(teacher_dir: Path, data: Path, limit: int, timeout: float) -> dict:
     """The issue's command on the code it was measured with (a subprocess, same machine)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -172,9 +184,7 @@ def main() -> None:
     examples = load_task("cqa", data, limit=args.limit)
     peak_before = matmul_peak()
     teacher = load_model(args.teacher, dtype="bf16")
-    emb = teacher.model.get_input_embeddings().weight
-    p_body = teacher.n_params - emb.numel()  # tied or untied, the head is counted as V*D
-    vd = emb.numel()
+    p_body, vd = body_params(teacher.model)
     counts = Counts()
     instrument(counts)
     probes: list[float] = []
