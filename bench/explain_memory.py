@@ -194,7 +194,7 @@ def sweep(spec: str, kind: str, args, results: list[dict], save) -> None:
                 env["KDLENS_ATTR_MEMORY_MB"] = BEFORE_BUDGET_MB
             r = spawn(["--point", spec, str(prompt), str(answer)], env, args.timeout)
             r = {"model": spec, "sweep": kind, "mode": mode, "target_prompt": prompt,
-                 "target_answer": answer, **r}  # fmt: skip
+                 "target_answer": answer, "code": args.code, **r}  # fmt: skip
             results.append(r)
             save()
             print(json.dumps(r), flush=True)
@@ -324,6 +324,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--fresh", action="store_true", help="drop the stored points of these runs")
     ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="add the points of these result files (runs made in parallel)",
+    )
     ap.add_argument("--concurrent", action="store_true",
                     help="two maximal requests at once, both packs loaded")  # fmt: skip
     ap.add_argument("--pair", nargs=2, default=[MODELS[0], MODELS[0]],
@@ -344,6 +351,15 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(data, indent=1) + "\n")
 
+    for other in args.merge:
+        data["points"] += json.loads(other.read_text())["points"]
+        key = lambda r: (r["model"], r["sweep"], r["target_prompt"], r["target_answer"])  # noqa: E731
+        measured = {key(r) for r in data["points"] if r["status"] != "skipped"}
+        data["points"] = [r for r in data["points"]
+                          if r["status"] != "skipped" or key(r) not in measured]  # fmt: skip
+        data["points"].sort(key=lambda r: (r["model"], r["sweep"], r["target_prompt"],
+                                           r["target_answer"], r["mode"]))  # fmt: skip
+        save()
     if args.concurrent:
         r = run_concurrent(args.prompt, args.answer, args.pair)
         data.setdefault("concurrent", []).append(
@@ -355,7 +371,7 @@ def main() -> None:
     if not args.plot_only:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True).stdout.strip()  # fmt: skip
-        data["code"] = head
+        data["code"] = args.code = head
         data["machine"] = f"{os.cpu_count()} CPUs, {os.uname().machine}, shared (nice 19)"
         data["before"] = f"KDLENS_ATTR_MEMORY_MB={BEFORE_BUDGET_MB}: all rows in one backward"
         data["after"] = "KDLENS_ATTR_MEMORY_MB unset (1024 MB budget)"
