@@ -96,8 +96,9 @@ class Scorer:
 
         The forward's saved activations are shared by all rows; each row adds, while one layer
         is differentiated, gradients of the hidden states, attention projections and MLP
-        activations, the attention scores' gradients, and (float32) gradients of the kept
-        logits. Twice that, for allocator slack: the estimate only sizes chunks, so it errs large.
+        activations, the attention scores' gradients, (float32) gradients of the kept logits,
+        and below float32 a copy of the vocabulary projection's weight. Twice that, for
+        allocator slack: the estimate only sizes chunks, so it errs large.
         """
         cfg = self.model.config
 
@@ -117,7 +118,12 @@ class Scorer:
         width = self.prompt_embeds.element_size()
         layer = width * (seq * (6 * hidden + 3 * inter) + 2 * heads * seq * seq)
         logits = 4 * 2 * t * vocab
-        return int(2 * n * (layer + logits))
+        # Below float32, the batched backward through the vocabulary projection copies its
+        # [vocab, hidden] weight once per row (measured on CPU: SmolLM2 bf16 grew 55 MB a row,
+        # fp32 did not), 467 MB a row for the Qwen pack: without this term a 1 GiB budget
+        # let 32 such rows run at once (issue 9).
+        head = vocab * hidden * width if width < 4 else 0
+        return int(2 * n * (layer + logits + head))
 
     def rows_per_chunk(self, n: int, budget: int | None = None) -> int:
         """How many answer rows one vectorised backward may take within the memory budget."""
