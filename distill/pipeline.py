@@ -260,12 +260,16 @@ def zero_shot_variants(plan: Plan) -> list[tuple[str, bool]]:
     return [("zero-shot", chat)] + ([] if chat else [("zero-shot-chat", True)])
 
 
+# The extra baseline needs a chat template; the students' own format never does.
+_NEEDS_CHAT = "zero-shot-chat"
+
+
 def _evaluate_stage(plan, name, model, mode, examples, rationales, eval_note, model_loader,
                     progress, cap_from, chat: bool | None = None):  # fmt: skip
     """Accuracy of ``model`` on ``examples``, saved as ``eval-<name>.json`` (reused if there).
 
     ``chat`` (a model spec only): wrap prompts in its chat template or not. Returns
-    ``(None, False)`` when ``chat`` asks for a chat template the model does not have.
+    ``(None, False)`` for the ``zero-shot-chat`` baseline of a model without a chat template.
     """
     from .evaluate import evaluate
 
@@ -285,7 +289,7 @@ def _evaluate_stage(plan, name, model, mode, examples, rationales, eval_note, mo
         # A model spec or plain folder: load it here (a model folder's own config.json would
         # pass for a run folder's in resolve_model).
         model = model_loader(str(model), **({} if chat is None else {"use_chat_template": chat}))
-        if chat and not model.has_chat_template:
+        if name.startswith(_NEEDS_CHAT) and not model.has_chat_template:
             return None, False
     res = evaluate(
         model,
