@@ -252,16 +252,16 @@ def _train_stage(plan, mode, seed, progress, stop, model_loader) -> dict:
     return train(cfg, progress=progress, stop=stop, model_loader=model_loader)
 
 
+def _students_chat(plan: Plan) -> bool:
+    return bool(plan.train_settings.get("chat_template", True))
+
+
 def zero_shot_variants(plan: Plan) -> list[tuple[str, bool]]:
     """The untrained student's baselines as (name, chat template): the students' own prompt
     format, and, when they train without the chat template, the chat template too, so that
     the baseline to beat is the stronger of the two formats."""
-    chat = bool(plan.train_settings.get("chat_template", True))
+    chat = _students_chat(plan)
     return [("zero-shot", chat)] + ([] if chat else [("zero-shot-chat", True)])
-
-
-# The extra baseline needs a chat template; the students' own format never does.
-_NEEDS_CHAT = "zero-shot-chat"
 
 
 def _evaluate_stage(plan, name, model, mode, examples, rationales, eval_note, model_loader,
@@ -289,7 +289,8 @@ def _evaluate_stage(plan, name, model, mode, examples, rationales, eval_note, mo
         # A model spec or plain folder: load it here (a model folder's own config.json would
         # pass for a run folder's in resolve_model).
         model = model_loader(str(model), **({} if chat is None else {"use_chat_template": chat}))
-        if name.startswith(_NEEDS_CHAT) and not model.has_chat_template:
+        # The extra chat-template baseline of a model without one would repeat the first.
+        if chat and not _students_chat(plan) and not model.has_chat_template:
             return None, False
     res = evaluate(
         model,
