@@ -82,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             print("already measured:", settings, flush=True)
             continue
         with tempfile.TemporaryDirectory() as tmp:
+            kw = {"eval_every": 0, "save_every": 0, **settings}  # eval_every=N: a dev curve
             cfg = TrainConfig(student=args.student, task=args.task, data=data, mode="standard",
                               seed=args.seed, dev_size=args.dev_size, dev_limit=args.dev_size,
-                              limit=args.train_size + args.dev_size, eval_every=0,
-                              save_every=0, out=str(Path(tmp) / "run"), **settings)  # fmt: skip
+                              limit=args.train_size + args.dev_size,
+                              out=str(Path(tmp) / "run"), **kw)  # fmt: skip
             t0 = time.perf_counter()
             curve: list[dict] = []
 
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": settings,
             "dev_accuracy": summary.get("accuracy"),
             "dev_ci": [summary.get("ci_low"), summary.get("ci_high")],
+            "dev_choice_accuracy": summary.get("choice_accuracy"),
             "dev_n": summary.get("n"),
             "steps": len(steps),
             "s_per_step": round(steps[-1]["elapsed"] / len(steps), 3) if steps else None,

@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="rationale target: the teacher's own answer (default) or gold (analysis only)",
     )
     x.add_argument("--extract-batch", type=int)
+    x.add_argument("--eval-batch", type=int, help="evaluation batch (default: --batch-size)")
     x.add_argument("--max-new-tokens", type=int)
     x.add_argument("--faithfulness-limit", type=int)
     x.add_argument("--no-zero-shot", action="store_true", help="skip the untrained student")

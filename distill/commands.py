@@ -222,6 +222,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         method=args.method,
         target=args.target,
         extract_batch=args.extract_batch,
+        eval_batch=args.eval_batch,
         max_new_tokens=args.max_new_tokens,
         faithfulness_limit=args.faithfulness_limit,
         zero_shot=False if args.no_zero_shot else None,

@@ -248,6 +248,10 @@ def merge_parts(run: RunDir, examples: list[Example]) -> list[dict]:
     return records
 
 
+def _input_chars(example) -> int:
+    return sum(len(str(v)) for v in example.fields.values())
+
+
 def extract(
     teacher: LoadedModel,
     examples: list[Example],
@@ -343,7 +347,8 @@ def extract(
     # Batches are a pure function of the example order (never regrouped around what is done),
     # so a resumed run computes every record in the same batch as an uninterrupted one and the
     # records are identical; a batch cut by a kill is recomputed whole, its missing ids kept.
-    mine = examples[state.process_index :: state.num_processes]
+    # Sorted by input length (stable), so a batch pads little.
+    mine = sorted(examples[state.process_index :: state.num_processes], key=_input_chars)
     batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
     batches = [b for b in batches if any(ex.id not in done for ex in b)]
     part = _part_path(run, state.process_index, state.num_processes)

@@ -298,7 +298,7 @@ def _evaluate_stage(plan, name, model, mode, examples, rationales, eval_note, mo
         examples,
         mode=mode,
         rationales=rationales,
-        batch_size=plan.batch_size,
+        batch_size=plan.eval_batch or plan.batch_size,
         max_new_tokens=plan.max_new_tokens,
         model_loader=model_loader,
         progress=progress,

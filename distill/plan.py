@@ -31,23 +31,25 @@ class PlanError(KDLensError):
 # ---------------------------------------------------------------------------------------------
 # Presets: the one place to tune the experiment's sizes.
 #
-# cpu: a 2-core CPU, one task in at most ~45 minutes. Measured on such a CPU (issue 8):
-#      teacher extraction ~5-10 s per example (1.5B Qwen pack, bf16), a student step of batch 8
-#      ~3.3 s (135M SmolLM2, bf16 autocast, no chat template), twice that in the two-target
-#      modes (saliency, dss, random). 160 training examples x 3 epochs = 60 steps per mode:
-#      about 15-25 min of extraction and 23 min of training for the four modes, plus
-#      evaluation. lr 1e-4 with a short warmup: 2e-4 collapsed to one class on e-SNLI dev in
-#      the dev-split search (bench/results/tune_esnli.jsonl). Students read the bare prompt
-#      (no chat template: 30% fewer tokens); the zero-shot baseline is scored both ways.
+# cpu: a 2-core CPU, one task in at most ~45 minutes. Measured on such a CPU (issue 8,
+#      2026-12-01, quiet): teacher extraction ~2.5 s per example (1.5B Qwen pack, bf16, batch 8),
+#      a student step of batch 8 ~2 s (135M SmolLM2, bf16 autocast, fused AdamW, no chat
+#      template), about twice that in the two-target modes (saliency, dss, random).
+#      320 training examples x 3 epochs = 120 steps per mode: the dev-split search
+#      (bench/results/tune_esnli.jsonl) had standard at 0.44 / 0.63 / 0.67 e-SNLI dev accuracy
+#      after 40 / 80 / 120 steps at lr 1e-4 (3e-4: 0.66; 160 examples x 60 steps: chance).
+#      About 13 min of extraction, 28 min of training for the four modes, plus evaluation.
+#      Students read the bare prompt (no chat template: 30% fewer tokens); the zero-shot
+#      baseline is scored both ways.
 # gpu: one H100/H200-class GPU, full training file, bf16 (TrainConfig bf16="auto").
 PRESETS: dict[str, dict] = {
     "cpu": {
-        "train_size": 160,
+        "train_size": 320,
         "dev_size": 100,
         "epochs": 3.0,
         "batch_size": 8,
         "lr": 1e-4,
-        "extract_batch": 4,
+        "extract_batch": 8,
         "dev_limit": 100,
         "train_settings": {"warmup": 5, "bf16": True, "chat_template": False},
     },
@@ -101,6 +103,8 @@ class Plan:
     batch_size: int = 8
     lr: float = 1e-4
     extract_batch: int = 4
+    eval_batch: int | None = None  # evaluation batch; None: batch_size
+    gpu_sizes: dict | None = None  # the gpu preset's sizes from the GPU's memory, for the record
     max_new_tokens: int | None = None  # generation cap; None: the task's longest answer + 8
     faithfulness_limit: int | None = 0  # ERASER figures on the first N extracted examples
     dev_limit: int | None = 100
@@ -139,7 +143,31 @@ def make_plan(task: str, out: str, preset: str | None = None, **overrides) -> Pl
             v = {**kw.get(k, {}), **v}
         kw[k] = v
     kw.setdefault("data", default_data(task))
+    if preset == "gpu":
+        _gpu_sizes(kw, overrides)
     return Plan(task=task, out=str(out), preset=preset, **kw)
+
+
+def _gpu_sizes(kw: dict, overrides: dict) -> None:
+    """The gpu preset's batch sizes from the GPU's memory (:mod:`distill.gpu`): the effective
+    training batch stays ``batch_size`` (split into micro-batches and accumulation); batch
+    sizes set explicitly are kept. Without a GPU the preset's fixed sizes apply."""
+    from .gpu import detect_gpu_batch_sizes
+
+    sizes = detect_gpu_batch_sizes(
+        kw.get("student") or DEFAULT_STUDENT, kw.get("teacher") or None, kw["batch_size"]
+    )
+    if sizes is None:
+        return
+    kw["gpu_sizes"] = sizes.to_dict()
+    if overrides.get("extract_batch") is None:
+        kw["extract_batch"] = sizes.extract
+    if overrides.get("eval_batch") is None:
+        kw["eval_batch"] = sizes.eval
+    ts = kw.setdefault("train_settings", {})
+    if "batch_size" not in ts and "grad_accum" not in ts:
+        ts.update(batch_size=sizes.train, grad_accum=sizes.grad_accum)
+    ts.setdefault("eval_batch_size", kw["eval_batch"])
 
 
 def _positive(name: str, value, allow_none: bool = False) -> None:
@@ -180,6 +208,7 @@ def validate(plan: Plan) -> None:
         raise PlanError(f"unknown attribution method {plan.method!r}")
     _positive("train size", plan.train_size, allow_none=True)
     _positive("dev size", plan.dev_size)
+    _positive("eval batch", plan.eval_batch, allow_none=True)
     for name in ("top_k", "batch_size", "extract_batch"):
         _positive(name.replace("_", " "), getattr(plan, name))
     _positive("max new tokens", plan.max_new_tokens, allow_none=True)

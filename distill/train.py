@@ -84,6 +84,15 @@ def _load_examples(config: TrainConfig):
     return split(examples, config.dev_size, config.seed)
 
 
+def adamw(params, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, fused where torch has the kernel: on CPU the per-parameter loop took 0.30 s of
+    a 2 s SmolLM2 step, the fused kernel 0.05 s (bench/train_speed.py); same update rule."""
+    kw = {"lr": config.lr, "weight_decay": config.weight_decay}
+    if device.type in ("cpu", "cuda"):
+        kw["fused"] = True
+    return torch.optim.AdamW(params, **kw)
+
+
 def check_hints(mode: str, rationales: str | Path | None) -> None:
     """Hints at evaluation come from the teacher's own answers only: a hint made by
     attributing the gold label would hand the student the answer."""
@@ -187,9 +196,7 @@ def _train(ctx: _Ctx, resumed: bool, train_ex: list, stop) -> dict:
     world, rank = accelerator.num_processes, accelerator.process_index
     total = total_steps(config, len(train_ex), world)
     order = BatchOrder(len(train_ex), config.batch_size, config.seed)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    optimizer = adamw(model.parameters(), config, accelerator.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total))
 
     step, elapsed_before = 0, 0.0

@@ -203,6 +203,26 @@ def load_model(
     return prepare(spec, model, tokenizer, dev, torch_dtype, use_chat_template, info)
 
 
+def _contiguous_input(module, args):
+    return (args[0].contiguous(), *args[1:])
+
+
+def contiguous_head(model: torch.nn.Module) -> None:
+    """Give the vocabulary projection a contiguous input.
+
+    ``logits_to_keep`` (generation's prefill, attribution, training) slices the last positions
+    of a ``[B, T, D]`` batch: a strided view, for which ``F.linear`` on CPU falls back to a
+    batched matmul that first copies the ``[V, D]`` weight once per row (``[B, D, V]``: 1.9 GB
+    for four Qwen rows). That copy took 55% of a Qwen forward's time; a contiguous input is a
+    plain matmul (bench/extract_speed.py). Idempotent.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or getattr(head, "_kdlens_contiguous", False):
+        return
+    head.register_forward_pre_hook(_contiguous_input)
+    head._kdlens_contiguous = True
+
+
 def prepare(
     spec: str,
     model: torch.nn.Module,
@@ -214,6 +234,7 @@ def prepare(
 ) -> LoadedModel:
     """Wrap an in-memory model (tests, training) the same way ``load_model`` does."""
     model.eval()
+    contiguous_head(model)
     for p in model.parameters():
         p.requires_grad_(False)  # attribution needs input-embedding gradients only
     if getattr(tokenizer, "pad_token_id", None) is None:

@@ -580,7 +580,7 @@ def test_presets_match_the_cli_and_demo_is_the_cpu_default():
     demo = distill_tab.preset_fields("demo")
     assert demo["train_size"] <= 32 and 0 < demo["steps"] <= 20
     md = distill_tab.preset_markdown("cpu")
-    assert "**cpu: 160 training / 100 dev examples, 3 epochs" in md and "gpu: all training" in md
+    assert "**cpu: 320 training / 100 dev examples, 3 epochs" in md and "gpu: all training" in md
 
 
 def test_overlap_page_filters_and_marks_words():

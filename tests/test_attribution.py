@@ -317,3 +317,24 @@ def test_token_matrix_is_for_display_only(tiny):
     _close(shown.matrix, per_token.matrix)
     _close(shown.token_scores, plain.token_scores)
     assert [w.text for w in shown.rationale] == [w.text for w in plain.rationale]
+
+
+def test_vocabulary_projection_gets_a_contiguous_input():
+    """``logits_to_keep`` slices a strided view of the hidden states; the loaded model's head
+    is fed a contiguous copy (the strided one made CPU linear copy the [V, D] weight per row),
+    with logits equal to those of the full projection."""
+    import tiny as tiny_models
+
+    tiny = tiny_models.loaded("llama")
+    seen = []
+    head = tiny.model.get_output_embeddings()
+    hook = head.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous()))
+    try:
+        ids = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]])
+        with torch.no_grad():
+            kept = tiny.model(input_ids=ids, logits_to_keep=2).logits
+            full = tiny.model(input_ids=ids).logits[:, -2:]
+    finally:
+        hook.remove()
+    assert seen == [True, True]
+    torch.testing.assert_close(kept, full)

@@ -111,6 +111,42 @@ def test_safetensors_params_reads_headers_only(tmp_path):
     assert safetensors_params(tmp_path / "nothing") is None
 
 
+def test_gpu_preset_takes_its_batch_sizes_from_the_gpu(monkeypatch, tmp_path):
+    """On a GPU the gpu preset splits its effective batch into micro-batches that fit, and
+    sizes extraction and evaluation from the memory; explicit sizes win; without a GPU the
+    preset's fixed sizes stay."""
+    import distill.gpu as gpu
+    from distill.pipeline import train_config
+    from distill.plan import PRESETS, make_plan
+
+    seen = []
+
+    def fake(student, teacher, effective_train):
+        seen.append((student, teacher, effective_train))
+        return gpu.gpu_batch_sizes(24 * 1024**3, 135_000_000, 1_540_000_000, effective_train)
+
+    monkeypatch.setattr(gpu, "detect_gpu_batch_sizes", fake)
+    plan = make_plan("esnli", str(tmp_path / "x"), preset="gpu")
+    want = gpu.gpu_batch_sizes(24 * 1024**3, 135_000_000, 1_540_000_000, 32)
+    assert seen[-1][2] == PRESETS["gpu"]["batch_size"] == 32
+    assert plan.extract_batch == want.extract and plan.eval_batch == want.eval
+    cfg = train_config(plan, "standard", 0)
+    assert (cfg.batch_size, cfg.grad_accum) == (want.train, want.grad_accum)
+    assert cfg.batch_size * cfg.grad_accum == 32
+    assert cfg.eval_batch_size == want.eval
+    assert plan.gpu_sizes == want.to_dict()
+
+    mine = make_plan("esnli", str(tmp_path / "y"), preset="gpu", extract_batch=3,
+                     eval_batch=5, batch_size=64)  # fmt: skip
+    assert seen[-1][2] == 64
+    assert (mine.extract_batch, mine.eval_batch) == (3, 5)
+
+    monkeypatch.setattr(gpu, "detect_gpu_batch_sizes", lambda *a: None)
+    plain = make_plan("esnli", str(tmp_path / "z"), preset="gpu")
+    assert plain.extract_batch == PRESETS["gpu"]["extract_batch"] and plain.gpu_sizes is None
+    assert "grad_accum" not in plain.train_settings
+
+
 # ---------------------------------------------------------------------------------------------
 # On the GPU
 

@@ -221,3 +221,27 @@ def test_resume_after_a_kill_inside_a_batch_is_identical(cqa_examples, tmp_path)
     full = _strip(read_jsonl(tmp_path / "full" / RATIONALES))
     resumed = _strip(read_jsonl(tmp_path / "run" / RATIONALES))
     assert resumed == full  # exact: same batches, same numbers
+
+
+def test_batches_group_inputs_of_similar_length(cqa_examples, tmp_path, monkeypatch):
+    """Extraction batches are runs of the examples sorted by input length (less padding);
+    the records keep the data's order."""
+    import tiny
+
+    import distill.extract as ex
+
+    seen = []
+    real = ex.explain_batch
+
+    def spy(loaded, items, *a, **k):
+        seen.append([ex._input_chars(type("E", (), {"fields": f})) for f in items])
+        return real(loaded, items, *a, **k)
+
+    monkeypatch.setattr(ex, "explain_batch", spy)
+    kw = dict(task="cqa", top_k=3, max_new_tokens=3, batch_size=2, with_faithfulness=False)
+    extract(tiny.loaded("llama"), cqa_examples, tmp_path / "run", **kw)
+    flat = [n for b in seen for n in b]
+    assert flat == sorted(ex._input_chars(e) for e in cqa_examples)
+    assert [len(b) for b in seen] == [2, 2, 2]
+    records = read_jsonl(tmp_path / "run" / RATIONALES)
+    assert [r["id"] for r in records] == [e.id for e in cqa_examples]

@@ -84,3 +84,25 @@ def test_first_line_cut_keeps_a_leading_break_and_stops_at_the_next():
     assert tok.decode(_first_line(tok, ids)) == "\nsink"
     one = tok("sink", add_special_tokens=False)["input_ids"]
     assert _first_line(tok, one) == one
+
+
+def test_line_stop_is_built_once_per_tokenizer(tiny, monkeypatch):
+    """The vocabulary scan of the end-of-line stop runs once, not on every generate call."""
+    import transformers
+
+    from explain import pipeline
+
+    pipeline.line_stop.cache_clear()
+    built = []
+    real = transformers.StopStringCriteria
+
+    def counting(*a, **k):
+        built.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(transformers, "StopStringCriteria", counting)
+    prompt = build_source(tiny, "free", {"text": "apples"}, 200).ids
+    first = [generate(tiny, [prompt], 12) for _ in range(3)]
+    assert len(built) == 1
+    assert first[0] == first[1] == first[2]
+    pipeline.line_stop.cache_clear()
