@@ -115,14 +115,20 @@ def run_out(args: argparse.Namespace) -> Path:
     rule for every command; a name never escapes the runs folder)."""
     from .runs import runs_root, safe_run_dir
 
+    from .runs import check_writable
+
     if args.out_dir:
-        return Path(args.out_dir).expanduser().resolve()
+        out = Path(args.out_dir).expanduser().resolve()
+        check_writable(out)
+        return out
     if "/" in args.out or "\\" in args.out:
         raise KDLensError(
             f"--out takes a run name, got {args.out!r}; for a folder outside the runs folder "
             "use --out-dir PATH"
         )
-    return safe_run_dir(args.runs or runs_root(), args.out)
+    out = safe_run_dir(args.runs or runs_root(), args.out)
+    check_writable(out)
+    return out
 
 
 def _check_limit(args: argparse.Namespace) -> None:

@@ -20,6 +20,11 @@ from .rationales import read_meta
 from .runs import runs_root, safe_run_dir
 
 
+# Beyond these a typo (``--epochs 1e9``) would run for ever: refused with the limit.
+MAX_EPOCHS = 1000
+MAX_STEPS = 10_000_000
+
+
 class TrainError(KDLensError):
     """Settings or inputs that make a training run impossible."""
 
@@ -80,6 +85,10 @@ class TrainConfig:
             raise TrainError(f"steps must be at least 1, got {self.steps}")
         if self.epochs is not None and self.epochs <= 0:
             raise TrainError(f"epochs must be positive, got {self.epochs}")
+        if self.epochs is not None and self.epochs > MAX_EPOCHS:
+            raise TrainError(f"epochs must be at most {MAX_EPOCHS:,}, got {self.epochs:g}")
+        if self.steps is not None and self.steps > MAX_STEPS:
+            raise TrainError(f"steps must be at most {MAX_STEPS:,}, got {self.steps:,}")
         if self.lr <= 0:
             raise TrainError(f"learning rate must be positive, got {self.lr}")
         if self.schedule not in ("linear", "constant"):

@@ -41,7 +41,7 @@ from .plan import (
     validate,
 )
 from .rationales import target_label
-from .runs import RunDir, RunError, atomic_write_json, atomic_write_text, read_json
+from .runs import RunDir, RunError, atomic_write_json, atomic_write_text, check_writable, read_json
 
 # ---------------------------------------------------------------------------------------------
 # Results
@@ -329,6 +329,7 @@ def run_plan(
     ``stop`` set: the current stage checkpoints and the result says ``stopped``.
     """
     validate(plan)
+    check_writable(plan.out)
     emit = progress or (lambda record: None)
     stop = stop or threading.Event()
     splits = _load_splits(plan)  # data errors before any folder exists

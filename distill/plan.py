@@ -12,6 +12,7 @@ from pathlib import Path
 from explain.errors import KDLensError
 from explain.packs import DEFAULT_STUDENT, DEFAULT_TEACHER
 
+from .config import MAX_EPOCHS, MAX_STEPS
 from .data import default_path
 from .datasets import datasets_dir
 from .modes import MODES
@@ -217,6 +218,10 @@ def validate(plan: Plan) -> None:
     _positive("test limit", plan.test_limit, allow_none=True)
     if plan.epochs is not None and not plan.epochs > 0:
         raise PlanError(f"epochs must be positive, got {plan.epochs!r}")
+    if plan.epochs is not None and plan.epochs > MAX_EPOCHS:
+        raise PlanError(f"epochs must be at most {MAX_EPOCHS:,}, got {plan.epochs:g}")
+    if plan.steps is not None and plan.steps > MAX_STEPS:
+        raise PlanError(f"steps must be at most {MAX_STEPS:,}, got {plan.steps:,}")
     if not (isinstance(plan.lr, int | float) and 0 < plan.lr < float("inf")):
         raise PlanError(f"learning rate must be a positive number, got {plan.lr!r}")
     if not plan.seeds or len(set(plan.seeds)) != len(plan.seeds):

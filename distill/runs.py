@@ -58,6 +58,25 @@ def safe_run_dir(root: str | Path, name: str) -> Path:
     return path
 
 
+def check_writable(folder: str | Path) -> None:
+    """Refuse a run folder that cannot be created or written, before any model load: probe
+    its nearest existing ancestor with a temporary folder, removed at once (nothing stays)."""
+    import tempfile
+
+    path = Path(folder).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise RunError(f"{path} exists and is not a folder")
+    base = path
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise RunError(f"cannot create {path}: {base} is not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".kdlens-probe-", dir=base))
+    except OSError as e:
+        raise RunError(f"cannot write the run folder {path}: {e.strerror or e}") from None
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
