@@ -136,10 +136,13 @@ def build_plan(root: Path, task: str, data: Path, teacher: str, student: str,
     if (out / "results.md").is_file():
         raise InputError(f"experiment {out.name} already exists and is finished; "
                          "choose another name")  # fmt: skip
+    # A CLI preset brings its recipe (train_settings: prompt format, precision, warmup; the
+    # gpu preset's batch sizes from the GPU), as `python -m distill experiment --preset` does.
+    base = preset if preset in PRESETS else None
     plan = make_plan(
-        task, str(out), data=str(data), teacher=teacher.strip(), student=student.strip(),
-        modes=[m for m in MODES if m in modes],  # training order follows the registry
-        extract_batch=min(s["batch_size"], 4), dev_limit=s["dev_size"], **s,
+        task, str(out), preset=base, data=str(data), teacher=teacher.strip(),
+        student=student.strip(), modes=[m for m in MODES if m in modes],  # registry order
+        extract_batch=None if base else min(s["batch_size"], 4), dev_limit=s["dev_size"], **s,
     )  # fmt: skip
     # make_plan ignores None settings; here None is meant (whole file, by epochs / steps).
     plan.train_size, plan.steps, plan.epochs, plan.preset = train_size, steps, epochs, preset

@@ -541,6 +541,11 @@ def test_plan_and_data_validation(tmp_path, monkeypatch):
     plan = distill_tab.build_plan(tmp_path, "cqa", data, "t", "s", ["standard"], whole,
                                   preset="cpu")  # fmt: skip
     assert plan.train_size is None and plan.steps is None and plan.epochs == 2.0
+    # The CLI preset's recipe comes with it (it did not: the app trained in the chat template).
+    from distill.plan import PRESETS
+
+    assert plan.train_settings == PRESETS["cpu"]["train_settings"]
+    assert plan.extract_batch == PRESETS["cpu"]["extract_batch"] and plan.preset == "cpu"
     with pytest.raises(KDLensError, match="dss needs"):
         distill_tab.build_plan(tmp_path, "cqa", data, "t", "s", ["dss"], form)
     with pytest.raises(KDLensError, match="dev examples must be a whole number"):
