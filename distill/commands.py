@@ -113,9 +113,7 @@ def run_out(args: argparse.Namespace) -> Path:
     """The run folder of extract/train: ``--out NAME`` inside the runs folder (``--runs``, else
     $KDLENS_RUNS or ./runs), or an explicit folder given with ``--out-dir PATH`` (issue 9: one
     rule for every command; a name never escapes the runs folder)."""
-    from .runs import runs_root, safe_run_dir
-
-    from .runs import check_writable
+    from .runs import check_writable, runs_root, safe_run_dir
 
     if args.out_dir:
         out = Path(args.out_dir).expanduser().resolve()

@@ -19,7 +19,6 @@ from .modes import ModeError, get_mode
 from .rationales import read_meta
 from .runs import runs_root, safe_run_dir
 
-
 # Beyond these a typo (``--epochs 1e9``) would run for ever: refused with the limit.
 MAX_EPOCHS = 1000
 MAX_STEPS = 10_000_000
