@@ -17,6 +17,7 @@ from distill.data import DataError, default_path, load_task
 from distill.modes import MODES
 from distill.pipeline import run_plan
 from distill.plan import PRESETS, Plan, make_plan, validate
+from distill.plan import preset_train_size as plan_train_size
 from distill.rationales import TARGETS
 from distill.runs import safe_run_dir
 from distill.tasks import TASKS, get_task
@@ -60,10 +61,17 @@ def default_preset(gpu: bool | None = None) -> str:
     return "gpu" if (has_gpu() if gpu is None else gpu) else "demo"
 
 
-def preset_fields(name: str) -> dict:
+def preset_train_size(name: str, task: str | None = None) -> int:
+    """A preset's training examples for ``task`` (0 = the whole file)."""
+    if name in PRESETS:
+        return plan_train_size(name, task) or 0
+    return APP_PRESETS[name].get("train_size") or 0
+
+
+def preset_fields(name: str, task: str | None = None) -> dict:
     """A preset's sizes as the form shows them (0 = the whole file / train by epochs)."""
     p = APP_PRESETS[name]
-    return {"train_size": p.get("train_size") or 0, "dev_size": p["dev_size"],
+    return {"train_size": preset_train_size(name, task), "dev_size": p["dev_size"],
             "steps": p.get("steps") or 0, "epochs": p.get("epochs") or 0,
             "batch_size": p["batch_size"], "lr": p["lr"]}  # fmt: skip
 
@@ -73,6 +81,8 @@ def preset_markdown(name: str) -> str:
     lines = []
     for key, p in APP_PRESETS.items():
         size = p.get("train_size") or "all"
+        if isinstance(size, dict):  # per task
+            size = ", ".join(f"{t} {n}" for t, n in size.items())
         length = f"{p['steps']} steps" if p.get("steps") else f"{p['epochs']:g} epochs"
         line = (f"{key}: {size} training / {p['dev_size']} dev examples, {length}, "
                 f"batch {p['batch_size']}, lr {p['lr']:g}")  # fmt: skip
@@ -175,7 +185,7 @@ def run_distill(plan: Plan, progress: Callable[[dict], None], stop: threading.Ev
 
 def layout(ctx: AppContext, ui: dict, device: str) -> None:
     preset = default_preset()
-    sizes = preset_fields(preset)
+    sizes = preset_fields(preset, "cqa")
     gr.Markdown(
         "Extract the teacher's top-k rationales, fine-tune the student in each mode, "
         "evaluate it and the untrained student on a held-out dev split "
@@ -232,15 +242,22 @@ def layout(ctx: AppContext, ui: dict, device: str) -> None:
     ui["timer"] = gr.Timer(1.0, active=False)
     ui["seen"] = gr.State(None)
 
-    def on_preset(name):
+    def on_preset(name, task):
         if name not in APP_PRESETS:
             return (gr.skip(),) * 7
-        f = preset_fields(name)
+        f = preset_fields(name, task)
         return (preset_markdown(name), f["train_size"], f["dev_size"], f["steps"],
                 f["epochs"], f["batch_size"], f["lr"])  # fmt: skip
 
+    def on_task(task, name):  # a preset sized per task: that task's training examples
+        if name not in PRESETS or not isinstance(PRESETS[name].get("train_size"), dict):
+            return gr.skip()
+        return preset_train_size(name, task)
+
+    ui["task"].change(on_task, [ui["task"], ui["preset"]], ui["train_size"], queue=False,
+                      api_visibility="private")  # fmt: skip
     ui["preset"].change(
-        on_preset, ui["preset"],
+        on_preset, [ui["preset"], ui["task"]],
         [ui["preset_md"], ui["train_size"], ui["dev_size"], ui["steps"], ui["epochs"],
          ui["batch"], ui["lr"]], queue=False, api_visibility="private",
     )  # fmt: skip
