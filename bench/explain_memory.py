@@ -224,6 +224,8 @@ def sweep(spec: str, kind: str, args, results: list[dict], save) -> None:
             env.pop(CODE_ENV, None)
             if mode == "before":
                 env[CODE_ENV] = str(args.before_dir)
+            elif args.after_dir:
+                env[CODE_ENV] = str(args.after_dir)
             r = spawn(["--point", spec, str(prompt), str(answer)], env, args.timeout)
             code = args.before if mode == "before" else args.code
             r = {"model": spec, "sweep": kind, "mode": mode, "target_prompt": prompt,
@@ -404,6 +406,11 @@ def main() -> None:
                     help="the packs of the two concurrent requests")  # fmt: skip
     ap.add_argument("--before", default=BEFORE_REV, help="the commit measured as 'before'")
     ap.add_argument(
+        "--after",
+        help="measure this commit as 'after' (default: this tree), so that edits made while a "
+        "long sweep runs cannot leak into its points",
+    )
+    ap.add_argument(
         "--point", nargs=3, metavar=("SPEC", "PROMPT", "ANSWER"), help=argparse.SUPPRESS
     )
     args = ap.parse_args()
@@ -435,7 +442,8 @@ def main() -> None:
         print(json.dumps(r, indent=1))
         return
     if not args.plot_only:
-        args.code = head_commit()
+        args.code = args.after or head_commit()
+        args.after_dir = before_code(args.after) if args.after else None
         args.before_dir = before_code(args.before)
         data["machine"] = machine()
         data["before"] = f"the code of {args.before} (row chunks, no layer checkpointing)"
