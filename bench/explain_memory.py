@@ -23,7 +23,7 @@ Sweeps: answer length 1..64 tokens at a ~256-token prompt, prompt length 64..409
 larger points of its sweep; one over ``--timeout`` is killed and recorded as such.
 
 ``--concurrent``: two maximal requests at once (the compute slots' limit is 2) in one process
-with both packs loaded; the peak above the loaded models is reported. "Maximal" is the limits:
+with the packs of ``--pair`` loaded; the peak above the loaded models is reported. "Maximal" is the limits:
 a task input of ``MAX_INPUT_TOKENS`` tokens and a given answer of ``MAX_ANSWER_CHARS`` characters.
 
     nice -n 19 python bench/explain_memory.py                      # both packs, both sweeps
@@ -275,16 +275,16 @@ def check_tokens_quiet(loaded, text: str) -> int:
 
 
 def run_concurrent(specs: list[str]) -> dict:
-    """Two maximal requests at once in this process, with both packs loaded."""
+    """Two maximal requests at once in this process, with their packs loaded."""
     import gc
 
     from explain.models import load_model
     from explain.pipeline import explain
 
-    models = {s: load_model(s) for s in MODELS}
+    models = {s: load_model(s) for s in dict.fromkeys(specs)}
     for m in models.values():
         make_resident(m)
-    reqs = {s: maximal_request(models[s]) for s in MODELS}
+    reqs = {s: maximal_request(models[s]) for s in models}
     chunks = count_chunks()
     gc.collect()
     base = rss_mb()
@@ -401,7 +401,7 @@ def main() -> None:
         help="add the points of these result files (runs made in parallel)",
     )
     ap.add_argument("--concurrent", action="store_true",
-                    help="two maximal requests at once, both packs loaded")  # fmt: skip
+                    help="two maximal requests at once (the packs of --pair)")  # fmt: skip
     ap.add_argument("--pair", nargs=2, default=[MODELS[0], MODELS[0]],
                     help="the packs of the two concurrent requests")  # fmt: skip
     ap.add_argument("--before", default=BEFORE_REV, help="the commit measured as 'before'")
