@@ -23,8 +23,9 @@ Sweeps: answer length 1..64 tokens at a ~256-token prompt, prompt length 64..409
 larger points of its sweep; one over ``--timeout`` is killed and recorded as such.
 
 ``--concurrent``: two maximal requests at once (the compute slots' limit is 2) in one process
-with the packs of ``--pair`` loaded; the peak above the loaded models is reported. "Maximal" is the limits:
-a task input of ``MAX_INPUT_TOKENS`` tokens and a given answer of ``MAX_ANSWER_CHARS`` characters.
+with the packs of ``--pair`` loaded; the peak above the loaded models is reported. "Maximal" is
+the limits: a task input of ``MAX_INPUT_TOKENS`` tokens and a given answer of
+``MAX_ANSWER_CHARS`` characters.
 
     nice -n 19 python bench/explain_memory.py                      # both packs, both sweeps
     nice -n 19 python bench/explain_memory.py --models smollm2-135m-instruct --sweeps answer
