@@ -346,6 +346,13 @@ def plot(data: dict, png: Path) -> None:
                     name=f"{spec.split('-')[0]} {mode}", legendgroup=f"{spec}{mode}",
                     showlegend=col == 1, line={"color": colors[spec], "dash": dash}),
                     row=1, col=col)  # fmt: skip
+        if kind == "prompt":  # one prompt length, checkpointing off and on, by hand
+            for r in data["points"]:
+                if r["sweep"] == "checkpoint_toggle" and r["status"] == "ok":
+                    fig.add_trace(go.Scatter(
+                        x=[r["prompt_tokens"]], y=[r["peak_above_load_mb"]], mode="markers",
+                        name=f"{r['model'].split('-')[0]} {r['mode']} (by hand)",
+                        marker={"symbol": "diamond", "size": 10}), row=1, col=col)  # fmt: skip
         fig.update_xaxes(type="log", title_text=f"{kind} tokens", row=1, col=col)
         fig.update_yaxes(title_text="peak RSS above the loaded model (MB)", row=1, col=col)
     fig.update_layout(width=1200, height=520, template="plotly_white",
@@ -371,8 +378,8 @@ def render_png(fig, png: Path) -> None:
             b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                                   args=["--no-sandbox", "--disable-gpu"])  # fmt: skip
             page = b.new_page(viewport={"width": 1220, "height": 540})
-            page.goto(html.as_uri())
-            page.wait_for_selector(".main-svg")
+            page.goto(html.as_uri(), timeout=600_000)  # a loaded shared CPU is slow
+            page.wait_for_selector(".main-svg", timeout=600_000)
             page.screenshot(path=str(png), full_page=True)
             b.close()
 
