@@ -11,23 +11,26 @@ given answer, template ``free``) in a FRESH subprocess, so points cannot pollute
   ``5``, which also resets ``getrusage(RUSAGE_SELF).ru_maxrss``), so the peak is the Explain's;
 - after the Explain, ``ru_maxrss`` is the absolute peak; ``peak - rss_after_load`` is reported.
 
-"after" is today's code: the Jacobian's answer rows go through the backward in chunks sized from
-``KDLENS_ATTR_MEMORY_MB`` (unset: 1 GiB, explain.lm_scoring). "before" emulates the unchunked
-code (all answer rows in one vectorised backward, as before commit 76861f9) by setting
-``KDLENS_ATTR_MEMORY_MB=1e12`` so that ``rows_per_chunk`` exceeds any answer length: one chunk
-holds every row. (The one remaining difference: the chunked code keeps the graph
-(``retain_graph=True``) during that single chunk, the old code freed it as it went.)
+"after" is this tree's code (the decoder layers checkpointed during the attribution forward,
+answer rows in chunks sized from ``KDLENS_ATTR_MEMORY_MB``, the heatmap capped at
+``explain.limits.MAX_HEATMAP_ROWS`` rows). "before" is the real code of ``--before`` (default
+``BEFORE_REV``, main before this change: row chunks but no checkpointing), extracted with
+``git archive`` into a temporary folder and imported by the point's subprocess in place of this
+tree's ``explain`` package. Every point records the code commit it ran.
 
 Sweeps: answer length 1..64 tokens at a ~256-token prompt, prompt length 64..4096 tokens at an
 ~8-token answer (the actual token counts are recorded). A point over ``--max-point-s`` skips the
 larger points of its sweep; one over ``--timeout`` is killed and recorded as such.
 
 ``--concurrent``: two maximal requests at once (the compute slots' limit is 2) in one process
-with both packs loaded; the peak above the loaded models is reported.
+with the packs of ``--pair`` loaded; the peak above the loaded models is reported. "Maximal" is
+the limits: a task input of ``MAX_INPUT_TOKENS`` tokens and a given answer of
+``MAX_ANSWER_CHARS`` characters.
 
     nice -n 19 python bench/explain_memory.py                      # both packs, both sweeps
     nice -n 19 python bench/explain_memory.py --models smollm2-135m-instruct --sweeps answer
-    nice -n 19 python bench/explain_memory.py --concurrent --prompt 4096 --answer 512
+    nice -n 19 python bench/explain_memory.py --concurrent --pair smollm2-135m-instruct \\
+        smollm2-135m-instruct
     python bench/explain_memory.py --plot-only                     # redraw the PNG from the JSON
 """
 
@@ -50,7 +53,8 @@ MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-1.5b-instruct")
 ANSWER_LENGTHS = (1, 2, 4, 8, 16, 32, 64)
 PROMPT_LENGTHS = (64, 128, 256, 512, 1024, 2048, 4096)
 FIXED_PROMPT, FIXED_ANSWER = 256, 8
-BEFORE_BUDGET_MB = "1e12"  # rows_per_chunk >= any answer: one chunk, the unchunked Jacobian
+BEFORE_REV = "0fd3a7b"  # main before layer checkpointing and the heatmap cap (issue 9)
+CODE_ENV = "KDLENS_BENCH_CODE"  # a folder whose explain package a point imports instead
 OUT = ROOT / "bench" / "results" / "explain_memory.json"
 FILLER = (
     "The committee met on a rainy Tuesday to review the harbour plans, and after a long debate "
@@ -129,11 +133,17 @@ def run_point(spec: str, prompt_tokens: int, answer_tokens: int) -> dict:
     """One Explain in this (fresh) process; its memory figures."""
     import gc
 
+    if os.environ.get(CODE_ENV):  # the "before" code, imported in place of this tree's
+        sys.path.insert(0, os.environ[CODE_ENV])
     import torch
 
     from explain.models import load_model
     from explain.pipeline import explain
 
+    assert (
+        Path(sys.modules["explain"].__file__).parents[1]
+        == Path(os.environ.get(CODE_ENV) or ROOT).resolve()
+    )
     t0 = time.perf_counter()
     loaded = load_model(spec)
     load_s = time.perf_counter() - t0
@@ -160,7 +170,30 @@ def run_point(spec: str, prompt_tokens: int, answer_tokens: int) -> dict:
         "dtype": str(loaded.dtype).replace("torch.", ""),
         "threads": torch.get_num_threads(),
         "budget_env": os.environ.get("KDLENS_ATTR_MEMORY_MB"),
+        "warnings": result.warnings,
+        "heatmap_rows": len(result.matrix),
     }
+
+
+def head_commit() -> str:
+    """This tree's commit, with ``+dirty`` when its code differs from it."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+    dirty = subprocess.run([*git, "status", "--porcelain", "explain", "bench/explain_memory.py"],
+                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    return head + ("+dirty" if dirty else "")
+
+
+def before_code(rev: str) -> Path:
+    """The code of ``rev`` in a temporary folder (``git archive``; the repository is untouched)."""
+    import tempfile
+
+    where = Path(tempfile.mkdtemp(prefix=f"kdlens-before-{rev}-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "explain"],
+                             capture_output=True, check=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    return where
 
 
 def spawn(args: list[str], env: dict, timeout: float) -> dict:
@@ -188,13 +221,16 @@ def sweep(spec: str, kind: str, args, results: list[dict], save) -> None:
         prompt, answer = (FIXED_PROMPT, n) if kind == "answer" else (n, FIXED_ANSWER)
         slow = False
         for mode in args.modes:
-            env = dict(os.environ)
-            env.pop("KDLENS_ATTR_MEMORY_MB", None)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("KDLENS_ATTR")}
+            env.pop(CODE_ENV, None)
             if mode == "before":
-                env["KDLENS_ATTR_MEMORY_MB"] = BEFORE_BUDGET_MB
+                env[CODE_ENV] = str(args.before_dir)
+            elif args.after_dir:
+                env[CODE_ENV] = str(args.after_dir)
             r = spawn(["--point", spec, str(prompt), str(answer)], env, args.timeout)
+            code = args.before if mode == "before" else args.code
             r = {"model": spec, "sweep": kind, "mode": mode, "target_prompt": prompt,
-                 "target_answer": answer, "code": args.code, **r}  # fmt: skip
+                 "target_answer": answer, "code": code, **r}  # fmt: skip
             results.append(r)
             save()
             print(json.dumps(r), flush=True)
@@ -210,17 +246,46 @@ def sweep(spec: str, kind: str, args, results: list[dict], save) -> None:
             return
 
 
-def run_concurrent(prompt_tokens: int, answer_tokens: int, specs: list[str]) -> dict:
-    """Two maximal requests at once in this process, with both packs loaded."""
+def maximal_request(loaded) -> tuple[dict, str]:
+    """The largest request the limits admit: ``MAX_INPUT_TOKENS`` task-input tokens (under
+    ``MAX_INPUT_CHARS``) and a given answer of ``MAX_ANSWER_CHARS`` characters."""
+    from explain.limits import MAX_ANSWER_CHARS, MAX_INPUT_CHARS, check_input, check_tokens
+
+    n = max_tokens(loaded)
+    text = text_of_tokens(loaded, n)
+    while len(text) > MAX_INPUT_CHARS or check_tokens_quiet(loaded, text) > n:
+        n -= 16
+        text = text_of_tokens(loaded, n)
+    answer = (FILLER * (MAX_ANSWER_CHARS // len(FILLER) + 1))[:MAX_ANSWER_CHARS].strip()
+    fields = {"text": text}
+    check_input(fields, answer)
+    check_tokens(loaded.tokenizer, fields)
+    return fields, answer
+
+
+def max_tokens(loaded) -> int:
+    """The task-input token limit for ``loaded`` (per model where the limits have one)."""
+    from explain import limits
+
+    fn = getattr(limits, "max_input_tokens", None)
+    return fn(loaded) if fn else limits.MAX_INPUT_TOKENS
+
+
+def check_tokens_quiet(loaded, text: str) -> int:
+    return len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def run_concurrent(specs: list[str]) -> dict:
+    """Two maximal requests at once in this process, with their packs loaded."""
     import gc
 
     from explain.models import load_model
     from explain.pipeline import explain
 
-    models = {s: load_model(s) for s in MODELS}
+    models = {s: load_model(s) for s in dict.fromkeys(specs)}
     for m in models.values():
         make_resident(m)
-    reqs = {s: request(models[s], prompt_tokens, answer_tokens) for s in MODELS}
+    reqs = {s: maximal_request(models[s]) for s in models}
     chunks = count_chunks()
     gc.collect()
     base = rss_mb()
@@ -233,7 +298,8 @@ def run_concurrent(prompt_tokens: int, answer_tokens: int, specs: list[str]) -> 
             fields, answer = reqs[spec]
             r = explain(models[spec], fields, template="free", answer=answer, token_matrix=True)
             out[i] = {"model": spec, "prompt_tokens": len(r.input_ids),
-                      "answer_tokens": len(r.output_ids), "status": "ok"}  # fmt: skip
+                      "answer_tokens": len(r.output_ids), "heatmap_rows": len(r.matrix),
+                      "warnings": r.warnings, "status": "ok"}  # fmt: skip
         except Exception as e:  # noqa: BLE001 - recorded, the other request goes on
             out[i] = {"model": spec, "status": "failed", "error": repr(e)[:300]}
         out[i]["seconds"] = round(time.perf_counter() - t0, 1)
@@ -252,6 +318,10 @@ def run_concurrent(prompt_tokens: int, answer_tokens: int, specs: list[str]) -> 
         "chunks": chunks,
         "budget_env": os.environ.get("KDLENS_ATTR_MEMORY_MB"),
     }
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} CPUs, {os.uname().machine}, shared, lowest-weight autogroup"
 
 
 def plot(data: dict, png: Path) -> None:
@@ -276,6 +346,13 @@ def plot(data: dict, png: Path) -> None:
                     name=f"{spec.split('-')[0]} {mode}", legendgroup=f"{spec}{mode}",
                     showlegend=col == 1, line={"color": colors[spec], "dash": dash}),
                     row=1, col=col)  # fmt: skip
+        if kind == "prompt":  # one prompt length, checkpointing off and on, by hand
+            for r in data["points"]:
+                if r["sweep"] == "checkpoint_toggle" and r["status"] == "ok":
+                    fig.add_trace(go.Scatter(
+                        x=[r["prompt_tokens"]], y=[r["peak_above_load_mb"]], mode="markers",
+                        name=f"{r['model'].split('-')[0]} {r['mode']} (by hand)",
+                        marker={"symbol": "diamond", "size": 10}), row=1, col=col)  # fmt: skip
         fig.update_xaxes(type="log", title_text=f"{kind} tokens", row=1, col=col)
         fig.update_yaxes(title_text="peak RSS above the loaded model (MB)", row=1, col=col)
     fig.update_layout(width=1200, height=520, template="plotly_white",
@@ -301,8 +378,8 @@ def render_png(fig, png: Path) -> None:
             b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                                   args=["--no-sandbox", "--disable-gpu"])  # fmt: skip
             page = b.new_page(viewport={"width": 1220, "height": 540})
-            page.goto(html.as_uri())
-            page.wait_for_selector(".main-svg")
+            page.goto(html.as_uri(), timeout=600_000)  # a loaded shared CPU is slow
+            page.wait_for_selector(".main-svg", timeout=600_000)
             page.screenshot(path=str(png), full_page=True)
             b.close()
 
@@ -332,11 +409,15 @@ def main() -> None:
         help="add the points of these result files (runs made in parallel)",
     )
     ap.add_argument("--concurrent", action="store_true",
-                    help="two maximal requests at once, both packs loaded")  # fmt: skip
+                    help="two maximal requests at once (the packs of --pair)")  # fmt: skip
     ap.add_argument("--pair", nargs=2, default=[MODELS[0], MODELS[0]],
                     help="the packs of the two concurrent requests")  # fmt: skip
-    ap.add_argument("--prompt", type=int, default=4096)
-    ap.add_argument("--answer", type=int, default=512)
+    ap.add_argument("--before", default=BEFORE_REV, help="the commit measured as 'before'")
+    ap.add_argument(
+        "--after",
+        help="measure this commit as 'after' (default: this tree), so that edits made while a "
+        "long sweep runs cannot leak into its points",
+    )
     ap.add_argument(
         "--point", nargs=3, metavar=("SPEC", "PROMPT", "ANSWER"), help=argparse.SUPPRESS
     )
@@ -361,20 +442,22 @@ def main() -> None:
                                            r["target_answer"], r["mode"]))  # fmt: skip
         save()
     if args.concurrent:
-        r = run_concurrent(args.prompt, args.answer, args.pair)
+        r = run_concurrent(args.pair)
         data.setdefault("concurrent", []).append(
-            {"target_prompt": args.prompt, "target_answer": args.answer, **r}
+            {"pair": args.pair, "code": head_commit(), "machine": machine(), **r}
         )
         save()
         print(json.dumps(r, indent=1))
         return
     if not args.plot_only:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True).stdout.strip()  # fmt: skip
-        data["code"] = args.code = head
-        data["machine"] = f"{os.cpu_count()} CPUs, {os.uname().machine}, shared (nice 19)"
-        data["before"] = f"KDLENS_ATTR_MEMORY_MB={BEFORE_BUDGET_MB}: all rows in one backward"
-        data["after"] = "KDLENS_ATTR_MEMORY_MB unset (1024 MB budget)"
+        args.code = args.after or head_commit()
+        args.after_dir = before_code(args.after) if args.after else None
+        args.before_dir = before_code(args.before)
+        data["machine"] = machine()
+        data["before"] = f"the code of {args.before} (row chunks, no layer checkpointing)"
+        data["after"] = (
+            "this tree (layer checkpointing, row chunks, heatmap cap), each point's code"
+        )
         for spec in args.models:
             for kind in args.sweeps:
                 if args.fresh:

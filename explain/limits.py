@@ -17,6 +17,10 @@ MAX_ANSWER_CHARS = 2_000  # a given answer (its token limit is explain.pipeline'
 # The task input's tokens. Below this, a prompt longer than the model's context is shortened
 # to fit, with a warning (explain.formatting.build_source).
 MAX_INPUT_TOKENS = 4_096
+# Rows of the per-token heatmap (app, ``token_matrix``): one backward pass over the whole input
+# each. A longer answer's heatmap shows its first rows, with a warning; the word scores and the
+# rationale still come from the whole answer.
+MAX_HEATMAP_ROWS = 64
 
 
 def _texts(value) -> list[str]:

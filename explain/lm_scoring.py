@@ -10,6 +10,8 @@ side inputs are tiled to match.
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -71,14 +73,101 @@ def memory_budget_bytes() -> int:
     return int(max(mb, 1.0) * 2**20)  # one output row per answer token, or one for the whole answer
 
 
+# Activation checkpointing of the decoder layers during attribution (issue 9): on unless
+# ``$KDLENS_ATTR_CHECKPOINT`` is 0/false/no/off.
+CHECKPOINT_ENV = "KDLENS_ATTR_CHECKPOINT"
+
+
+def checkpoint_enabled() -> bool:
+    """Whether attribution forwards checkpoint their layers (``$KDLENS_ATTR_CHECKPOINT``)."""
+    return os.environ.get(CHECKPOINT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def checkpoint_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The layers Hugging Face itself would checkpoint (``GradientCheckpointingLayer``: the
+    decoder layers of Llama/Qwen/GPT-2, the blocks of T5); none for other models."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:  # an older transformers: no checkpointing, results unchanged
+        return []
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+_CKPT_LOCK = threading.Lock()
+_CKPT_USERS: dict[int, list] = {}  # id(model) -> [users, [(layer, wrapper)]]
+_CKPT_THREAD = threading.local()  # .on: this thread's forward checkpoints its layers
+
+
+def _checkpointed(inner):
+    """``inner`` (a layer's bound forward) run under non-reentrant checkpointing when this
+    thread asked for it and gradients are on; otherwise ``inner`` itself."""
+    from torch.utils.checkpoint import checkpoint
+
+    def forward(*args, **kwargs):
+        if getattr(_CKPT_THREAD, "on", False) and torch.is_grad_enabled():
+            return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+        return inner(*args, **kwargs)
+
+    return forward
+
+
+@contextmanager
+def checkpointed(model: torch.nn.Module):
+    """Within this block, this thread's grad-enabled forwards of ``model`` keep only each
+    checkpointed layer's inputs and recompute the layer during the backward.
+
+    Why: a saliency forward kept every layer's activations for the backward, 1.1 MB per
+    sequence token for SmolLM2 and 2.4 MB for the Qwen pack (4.5 GB / 10 GB at 4,096 tokens,
+    issue 9); with checkpointing it keeps one hidden state per layer and one layer's
+    activations at a time. Hugging Face's own ``gradient_checkpointing_enable`` acts only in
+    training mode, and flipping an arbitrary model to training would switch on its dropout:
+    instead the layers' ``forward`` is wrapped here, the model stays in eval mode, and the
+    recomputation replays the same deterministic ops, so gradients are unchanged. Shared
+    models are safe across threads: the wrappers stay while any thread is inside the block,
+    and only threads inside it checkpoint.
+    """
+    key = id(model)
+    with _CKPT_LOCK:
+        entry = _CKPT_USERS.get(key)
+        if entry is None:
+            wrapped = []
+            for layer in checkpoint_layers(model):
+                wrapper = _checkpointed(layer.forward)
+                layer.forward = wrapper  # an instance attribute shadows the class's forward
+                wrapped.append((layer, wrapper))
+            entry = _CKPT_USERS[key] = [0, wrapped]
+        entry[0] += 1
+    previous = getattr(_CKPT_THREAD, "on", False)
+    _CKPT_THREAD.on = True
+    try:
+        yield
+    finally:
+        _CKPT_THREAD.on = previous
+        with _CKPT_LOCK:
+            entry[0] -= 1
+            if entry[0] == 0:
+                for layer, wrapper in entry[1]:
+                    if layer.__dict__.get("forward") is wrapper:
+                        del layer.forward
+                del _CKPT_USERS[key]
+
+
 class Scorer:
     """Callable ``prompt_embeds -> answer log-probs [B', T]`` (or ``[B', 1]`` with
     ``rows="answer"``: the summed log-prob, DESIGN's "answer's log-probability")."""
 
-    def __init__(self, loaded: LoadedModel, batch: ScoringBatch, rows: str = "tokens") -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        batch: ScoringBatch,
+        rows: str = "tokens",
+        checkpoint: bool | None = None,
+    ) -> None:
         if rows not in ROWS:
             raise ValueError(f"rows must be one of {ROWS}")
         self.rows = rows
+        # Layer checkpointing of grad-enabled forwards (default: $KDLENS_ATTR_CHECKPOINT, on).
+        self.checkpoint = checkpoint_enabled() if checkpoint is None else bool(checkpoint)
         self.loaded = loaded
         self.model = loaded.model
         dev = loaded.device
@@ -145,6 +234,12 @@ class Scorer:
         raise ValueError(f"unknown baseline {kind!r}; use zero or pad")
 
     def __call__(self, prompt_embeds: Tensor) -> Tensor:
+        if self.checkpoint and torch.is_grad_enabled():
+            with checkpointed(self.model):
+                return self._forward(prompt_embeds)
+        return self._forward(prompt_embeds)
+
+    def _forward(self, prompt_embeds: Tensor) -> Tensor:
         self.forward_calls += 1
         n = prompt_embeds.shape[0]
         b = self.batch

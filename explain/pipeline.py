@@ -14,7 +14,8 @@ import torch
 from .attr import get_method
 from .errors import InputError
 from .formatting import Source, build_source, encode_target, render_prompt
-from .lm_scoring import Scorer, collate
+from .limits import MAX_HEATMAP_ROWS
+from .lm_scoring import Scorer, ScoringBatch, collate
 from .models import LoadedModel
 from .rationale import AGGREGATES
 from .rationale import RATIONALE_DEFAULTS as _D
@@ -148,6 +149,23 @@ def answer_target(
     return ids, []
 
 
+def first_rows(batch: ScoringBatch, n: int) -> ScoringBatch:
+    """``batch`` with its answers cut to their first ``n`` tokens. The scored models are
+    causal in the answer, so each kept token's log-prob (and its attribution) is the same as
+    in the whole answer."""
+    return ScoringBatch(batch.prompt_ids, batch.prompt_mask, batch.answer_ids[:, :n],
+                        batch.answer_mask[:, :n])  # fmt: skip
+
+
+def heatmap_note(rows: int, n_tokens: int) -> str:
+    """The warning of a result whose per-token heatmap shows only the first rows."""
+    return (
+        f"the per-token heatmap shows the first {rows} of the answer's "
+        f"{n_tokens} tokens (each row costs a backward pass over the whole input); the word "
+        "scores and the rationale use the whole answer"
+    )
+
+
 def aggregate(matrix: torch.Tensor, how: str) -> torch.Tensor:
     """Output rows [T, Lp] -> per-input-token scores [Lp]."""
     if how == "mean":
@@ -221,7 +239,10 @@ def explain_batch(
     out = attributor.attribute(Scorer(loaded, batch, rows=rows))
     shown = out  # the matrix the result carries
     if token_matrix and rows == "answer":
-        shown = attributor.attribute(Scorer(loaded, batch, rows="tokens"))
+        # The heatmap's rows, at most MAX_HEATMAP_ROWS: a maximal given answer (512 tokens) over
+        # a 4,096-token input needed 512 backward passes over ~4,600 tokens (hours of CPU).
+        capped = first_rows(batch, MAX_HEATMAP_ROWS)
+        shown = attributor.attribute(Scorer(loaded, capped, rows="tokens"))
     seconds = (time.perf_counter() - t0) / len(items)
     lp = batch.prompt_ids.shape[1]
     settings = {
@@ -239,8 +260,10 @@ def explain_batch(
         n, t = len(e.ids), (1 if rows == "answer" else len(ans_ids))
         sl = slice(lp - n, lp) if not loaded.is_encoder_decoder else slice(0, n)
         scores = aggregate(out.matrix[b, :t, sl].detach().float().cpu(), how)
-        t_shown = 1 if shown.matrix.shape[1] == 1 else len(ans_ids)
+        t_shown = 1 if shown.matrix.shape[1] == 1 else min(len(ans_ids), shown.matrix.shape[1])
         matrix = shown.matrix[b, :t_shown, sl].detach().float().cpu()
+        if 1 < t_shown < len(ans_ids):
+            e.warnings.append(heatmap_note(t_shown, len(ans_ids)))
         words = merge_words(
             e.prompt.text,
             e.offsets,
@@ -268,7 +291,7 @@ def explain_batch(
                 input_offsets=[list(o) if o else None for o in e.offsets],
                 output_tokens=[tok.decode(ans_ids).strip()]
                 if t_shown == 1 and len(ans_ids) != 1
-                else [tok.decode([i]) for i in ans_ids],
+                else [tok.decode([i]) for i in ans_ids[:t_shown]],
                 matrix=matrix.tolist(),
                 token_scores=scores.tolist(),
                 words=words,

@@ -1,10 +1,11 @@
 """Load test (issue 9, slow): 32 concurrent Explain requests and one maximal request against
 the real app (``python app.py`` in its own process) with the real SmolLM2 pack.
 
-The maximal request fills the app's input limit (``explain.limits.MAX_INPUT_CHARS``, 16,000
-characters) and lets the model answer (a generated answer is capped at 32 tokens). A maximal
-*given* answer (512 tokens) is left out: its per-token heatmap takes one backward pass per
-answer token over a ~4,600-token sequence, hours on a 2-core CPU (see bench/explain_memory.py).
+The maximal request fills the app's input limits: a question of ``MAX_INPUT_CHARS`` (16,000)
+characters with its choices (under ``MAX_INPUT_TOKENS``) and a given answer of
+``MAX_ANSWER_CHARS`` (2,000) characters. Its per-token heatmap is capped at
+``MAX_HEATMAP_ROWS`` rows (a warning says so); the decoder layers are checkpointed during the
+attribution, so its memory stays within the per-slot budget (see bench/explain_memory.py).
 
 Asserts 0 failures and the app alive afterwards; prints (and writes to
 ``$KDLENS_LOAD_REPORT`` when set) the app process's peak memory, read from its
@@ -59,6 +60,13 @@ def _maximal_question() -> tuple[str, str]:
     text = "Where did the committee decide to rebuild the pier after the long debate? "
     question = (text * (limit // len(text) + 1))[: limit - len(choices.replace(" | ", ""))]
     return question, choices
+
+
+def _maximal_answer() -> str:
+    """A given answer of the app's limit, ``MAX_ANSWER_CHARS`` characters."""
+    _, limit = _limits()
+    text = "the northern pier should be rebuilt first while boats use the southern quay. "
+    return (text * (limit // len(text) + 1))[:limit].strip()
 
 
 def _status(pid: int) -> dict[str, int]:
@@ -130,7 +138,8 @@ def test_concurrent_and_maximal_explain_requests(app_process):
     after_load = _status(proc.pid)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    jobs = [(q, c, "") for q, c in _questions(N_REQUESTS)] + [(*_maximal_question(), "")]
+    jobs = [(q, c, "") for q, c in _questions(N_REQUESTS)]
+    jobs.append((*_maximal_question(), _maximal_answer()))
     t0 = time.monotonic()
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = [pool.submit(_explain, client, *job) for job in jobs]
@@ -150,6 +159,7 @@ def test_concurrent_and_maximal_explain_requests(app_process):
         "requests": len(jobs),
         "failures": len(failures),
         "maximal_question_chars": len(jobs[-1][0]),
+        "maximal_answer_chars": len(jobs[-1][2]),
         "maximal_status": str(outcomes[-1][0])[:300] if not isinstance(outcomes[-1], Exception)
         else repr(outcomes[-1]),
         "seconds": round(seconds, 1),
