@@ -73,14 +73,24 @@ def memory_budget_bytes() -> int:
     return int(max(mb, 1.0) * 2**20)  # one output row per answer token, or one for the whole answer
 
 
-# Activation checkpointing of the decoder layers during attribution (issue 9): on unless
-# ``$KDLENS_ATTR_CHECKPOINT`` is 0/false/no/off.
+# Activation checkpointing of the decoder layers during attribution (issue 9).
+# ``$KDLENS_ATTR_CHECKPOINT``: auto (default), on (1/true/yes/on) or off (0/false/no/off).
+# auto checkpoints a forward over more than CHECKPOINT_MIN_TOKENS tokens (rows x sequence):
+# below it the kept activations are small (Qwen pack: ~3.5 MB a token, 3.5 GB at 1,024) and
+# the recomputation would cost extraction's short batched prompts a third more time.
 CHECKPOINT_ENV = "KDLENS_ATTR_CHECKPOINT"
+CHECKPOINT_MIN_TOKENS = 1024
 
 
-def checkpoint_enabled() -> bool:
-    """Whether attribution forwards checkpoint their layers (``$KDLENS_ATTR_CHECKPOINT``)."""
-    return os.environ.get(CHECKPOINT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+def checkpoint_enabled(tokens: int | None = None) -> bool:
+    """Whether an attribution forward over ``tokens`` tokens checkpoints its layers
+    (``$KDLENS_ATTR_CHECKPOINT``; in auto mode, ``tokens`` unknown counts as large)."""
+    mode = os.environ.get(CHECKPOINT_ENV, "auto").strip().lower()
+    if mode in ("0", "false", "no", "off"):
+        return False
+    if mode in ("1", "true", "yes", "on"):
+        return True
+    return tokens is None or tokens > CHECKPOINT_MIN_TOKENS
 
 
 def checkpoint_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -166,8 +176,8 @@ class Scorer:
         if rows not in ROWS:
             raise ValueError(f"rows must be one of {ROWS}")
         self.rows = rows
-        # Layer checkpointing of grad-enabled forwards (default: $KDLENS_ATTR_CHECKPOINT, on).
-        self.checkpoint = checkpoint_enabled() if checkpoint is None else bool(checkpoint)
+        # Layer checkpointing of grad-enabled forwards; None: $KDLENS_ATTR_CHECKPOINT per call.
+        self.checkpoint = checkpoint
         self.loaded = loaded
         self.model = loaded.model
         dev = loaded.device
@@ -179,6 +189,13 @@ class Scorer:
             if not loaded.is_encoder_decoder:
                 self.answer_embeds = self.embedding(self.batch.answer_ids).detach()
         self.forward_calls = 0
+
+    def checkpoints(self, rows: int) -> bool:
+        """Whether a grad-enabled forward of ``rows`` sequences checkpoints its layers."""
+        if self.checkpoint is not None:
+            return self.checkpoint
+        length = self.batch.prompt_ids.shape[1] + self.batch.answer_ids.shape[1]
+        return checkpoint_enabled(rows * length)
 
     def row_bytes(self, n: int) -> int:
         """Estimated bytes one extra backward row costs for ``n`` stacked copies of the batch.
@@ -234,7 +251,7 @@ class Scorer:
         raise ValueError(f"unknown baseline {kind!r}; use zero or pad")
 
     def __call__(self, prompt_embeds: Tensor) -> Tensor:
-        if self.checkpoint and torch.is_grad_enabled():
+        if torch.is_grad_enabled() and self.checkpoints(prompt_embeds.shape[0]):
             with checkpointed(self.model):
                 return self._forward(prompt_embeds)
         return self._forward(prompt_embeds)

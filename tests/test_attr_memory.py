@@ -15,6 +15,7 @@ import torch
 from explain.attr import get_method
 from explain.attr import gradient as grad_mod
 from explain.attr.gradient import jacobian_rows
+from explain import lm_scoring
 from explain.lm_scoring import Scorer, collate
 from explain.pipeline import build_prompt, encode_answer, encode_prompt, explain
 
@@ -126,13 +127,17 @@ def test_scoring_forward_keeps_layer_inputs_only(family, monkeypatch):
 
     loaded = t.loaded(family)
     ids = loaded.tokenizer(" ".join(t.CORPUS * 2), add_special_tokens=False)["input_ids"][:200]
+    monkeypatch.setattr(lm_scoring, "CHECKPOINT_MIN_TOKENS", 100)  # auto: 204 tokens > 100
     scorer = Scorer(loaded, collate([ids], [ids[:4]], 0, not loaded.is_encoder_decoder))
     x = scorer.prompt_embeds.detach().requires_grad_(True)
     with torch.enable_grad():
         default = _saved_bytes(lambda: scorer(x))
+        monkeypatch.setattr(lm_scoring, "CHECKPOINT_MIN_TOKENS", 1000)  # auto: short, kept
+        short = _saved_bytes(lambda: Scorer(loaded, scorer.batch)(x))
         monkeypatch.setenv("KDLENS_ATTR_CHECKPOINT", "0")
         plain = _saved_bytes(lambda: Scorer(loaded, scorer.batch)(x))
     assert default < plain / 2, (default, plain)  # tiny T5: its [heads, L, L] position bias stays
+    assert short == plain  # a short batch is not recomputed (extraction's speed)
 
 
 @pytest.mark.parametrize("method", ["saliency", "input_x_gradient", "integrated_gradients"])
@@ -149,6 +154,7 @@ def test_checkpointed_attribution_is_unchanged(tiny, method, monkeypatch):
 
 def test_checkpointed_saliency_equals_direct_autograd(tiny, monkeypatch):
     """Each row against its own plain backward (no Captum, no vmap, no checkpointing)."""
+    monkeypatch.setenv("KDLENS_ATTR_CHECKPOINT", "1")  # tiny inputs: auto would not checkpoint
     scorer = _scorer(tiny)
     x = scorer.prompt_embeds.detach().requires_grad_(True)
     got = get_method("saliency").attribute(scorer).matrix  # [B, T, Lp]
@@ -161,10 +167,11 @@ def test_checkpointed_saliency_equals_direct_autograd(tiny, monkeypatch):
             assert torch.allclose(got[:, i], g.norm(dim=-1), rtol=1e-5, atol=1e-7)
 
 
-def test_checkpointing_leaves_the_model_as_it_was(tiny):
+def test_checkpointing_leaves_the_model_as_it_was(tiny, monkeypatch):
     """Wrappers exist only while an attribution runs; the model stays in eval mode."""
     from explain.lm_scoring import checkpoint_layers
 
+    monkeypatch.setenv("KDLENS_ATTR_CHECKPOINT", "1")
     layers = checkpoint_layers(tiny.model)
     assert layers  # Llama decoder layers / T5 blocks
     get_method("saliency").attribute(_scorer(tiny))
@@ -172,11 +179,12 @@ def test_checkpointing_leaves_the_model_as_it_was(tiny):
     assert all("forward" not in vars(m) for m in layers)
 
 
-def test_concurrent_checkpointed_attributions_agree(tiny):
+def test_concurrent_checkpointed_attributions_agree(tiny, monkeypatch):
     """Two threads on one shared model (the app's two compute slots) get the single-thread
     results, and the wrappers are gone afterwards."""
     import threading
 
+    monkeypatch.setenv("KDLENS_ATTR_CHECKPOINT", "1")
     expected = get_method("input_x_gradient").attribute(_scorer(tiny)).matrix
     got: list = [None, None]
 
