@@ -39,7 +39,9 @@ class PlanError(KDLensError):
 #      320 training examples x 3 epochs = 120 steps per mode: the dev-split search
 #      (bench/results/tune_esnli.jsonl) had standard at 0.44 / 0.63 / 0.67 e-SNLI dev accuracy
 #      after 40 / 80 / 120 steps at lr 1e-4 (3e-4: 0.66; 160 examples x 60 steps: chance).
-#      About 13 min of extraction, 28 min of training for the four modes, plus evaluation.
+#      Measured on e-SNLI (2026-12-01, README): 49 min 48 s in all, 5 min over the target:
+#      extraction 11.6 min, training 31 min (standard 4, saliency 8.4, dss 9.9, random 8.3),
+#      evaluation and loads 7 min. 288 examples would fit 45 min by the same rates (not run).
 #      Students read the bare prompt (no chat template: 30% fewer tokens); the zero-shot
 #      baseline is scored both ways.
 # gpu: one H100/H200-class GPU, full training file, bf16 (TrainConfig bf16="auto").

@@ -12,10 +12,10 @@ import weakref
 import pytest
 import torch
 
+from explain import lm_scoring
 from explain.attr import get_method
 from explain.attr import gradient as grad_mod
 from explain.attr.gradient import jacobian_rows
-from explain import lm_scoring
 from explain.lm_scoring import Scorer, collate
 from explain.pipeline import build_prompt, encode_answer, encode_prompt, explain
 
