@@ -333,19 +333,25 @@ def plot(data: dict, png: Path) -> None:
         f"answer length (prompt ~{FIXED_PROMPT} tokens)",
         f"prompt length (answer ~{FIXED_ANSWER} tokens)"))  # fmt: skip
     colors = {MODELS[0]: "#1f77b4", MODELS[1]: "#d62728"}
+    shown: set[str] = set()  # legend entries drawn (once, in whichever panel has the curve)
     for col, kind in ((1, "answer"), (2, "prompt")):
         for spec in MODELS:
             for mode, dash in (("after", "solid"), ("before", "dash")):
                 pts = [r for r in data["points"] if r["model"] == spec and r["sweep"] == kind
                        and r["mode"] == mode and r["status"] == "ok"]  # fmt: skip
+                length = "answer_tokens" if kind == "answer" else "prompt_tokens"
+                # One point per length, the last measured (runs of several commits append).
+                pts = sorted({r[length]: r for r in pts}.values(), key=lambda r: r[length])
                 if not pts:
                     continue
-                x = [r["answer_tokens" if kind == "answer" else "prompt_tokens"] for r in pts]
+                x = [r[length] for r in pts]
                 fig.add_trace(go.Scatter(
                     x=x, y=[r["peak_above_load_mb"] for r in pts], mode="lines+markers",
                     name=f"{spec.split('-')[0]} {mode}", legendgroup=f"{spec}{mode}",
-                    showlegend=col == 1, line={"color": colors[spec], "dash": dash}),
+                    showlegend=f"{spec}{mode}" not in shown,
+                    line={"color": colors[spec], "dash": dash}),
                     row=1, col=col)  # fmt: skip
+                shown.add(f"{spec}{mode}")
         if kind == "prompt":  # one prompt length, checkpointing off and on, by hand
             for r in data["points"]:
                 if r["sweep"] == "checkpoint_toggle" and r["status"] == "ok":
