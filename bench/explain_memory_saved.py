@@ -29,23 +29,18 @@ OUT = ROOT / "bench" / "results" / "explain_memory_saved.json"
 
 
 def saved_bytes(model, length: int, dtype: torch.dtype, checkpoint: bool) -> int:
-    from explain.lm_scoring import checkpointed
+    from explain.lm_scoring import checkpointed, saved_tensor_bytes
 
     x = torch.randn(1, length, model.config.hidden_size, dtype=dtype, requires_grad=True)
-    total = 0
 
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def forward() -> None:
         if checkpoint:
             with checkpointed(model):
                 model(inputs_embeds=x, logits_to_keep=9, use_cache=False)
         else:
             model(inputs_embeds=x, logits_to_keep=9, use_cache=False)
-    return total
+
+    return saved_tensor_bytes(forward)
 
 
 def measure(name: str, dtype: torch.dtype) -> dict:

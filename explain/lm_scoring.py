@@ -162,6 +162,21 @@ def checkpointed(model: torch.nn.Module):
                 del _CKPT_USERS[key]
 
 
+def saved_tensor_bytes(fn) -> int:
+    """Bytes of the tensors autograd keeps for the backward while ``fn()`` runs (what
+    checkpointing saves; the benchmark and the tests measure it)."""
+    total = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
 class Scorer:
     """Callable ``prompt_embeds -> answer log-probs [B', T]`` (or ``[B', 1]`` with
     ``rows="answer"``: the summed log-prob, DESIGN's "answer's log-probability")."""

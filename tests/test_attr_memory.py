@@ -104,18 +104,7 @@ def test_low_precision_rows_count_the_vocabulary_weight_copy():
 # --- layer checkpointing (issue 9: the attribution forward kept every layer's activations) ---
 
 
-def _saved_bytes(fn) -> int:
-    """Bytes of the tensors autograd keeps for the backward while ``fn`` runs."""
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
+_saved_bytes = lm_scoring.saved_tensor_bytes
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "t5"])
