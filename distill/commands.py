@@ -143,6 +143,9 @@ def _method_settings(args: argparse.Namespace) -> dict | None:
     if args.method != "integrated_gradients":
         raise KDLensError("--steps applies to integrated_gradients only")
     check_whole(args.steps, "--steps")
+    from explain.attr import get_method
+
+    get_method(args.method, n_steps=args.steps)  # the method's own bounds
     return {"n_steps": args.steps}
 
 

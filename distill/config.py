@@ -57,6 +57,10 @@ class TrainConfig:
     save_every: int = 50  # steps; 0 = only when stopped
     keep_checkpoints: int = 1
     max_len: int = 256
+    # Batches cut by length within runs of this many (less padding, ~10% faster at e-SNLI's
+    # lengths); 0 = off, the default: where length follows the label (e-SNLI's neutral
+    # hypotheses are 1.5 words longer) such batches skew by label.
+    length_groups: int = 0
     out: str = ""  # run folder: a name under runs_root(), or a path
     bf16: str | bool = "auto"  # auto: bf16 mixed precision on GPUs that support it
     max_new_tokens: int | None = None  # generation cap; default from the task's answers
@@ -94,6 +98,8 @@ class TrainConfig:
             raise TrainError(f"unknown schedule {self.schedule!r}; use linear or constant")
         if self.warmup < 0 or self.eval_every < 0 or self.save_every < 0:
             raise TrainError("warmup, eval_every and save_every must not be negative")
+        if self.length_groups < 0:
+            raise TrainError(f"length_groups must not be negative, got {self.length_groups}")
 
 
 def run_path(config: TrainConfig) -> Path:
@@ -126,22 +132,47 @@ def rationale_source(path: str | Path | None) -> dict | None:
 
 class BatchOrder:
     """Micro-batch ``g`` of the whole run -> example indices. Epoch ``e`` is a permutation
-    drawn from a generator seeded with (seed, e); the last batch of an epoch may be short."""
+    drawn from a generator seeded with (seed, e); the last batch of an epoch may be short.
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+    With ``lengths`` and ``groups`` > 1, each run of ``groups`` batches of the permutation is
+    re-cut by length (as Hugging Face's ``group_by_length``), so a batch holds examples of
+    similar length and pads less; the batches are then shuffled with the same generator.
+    Still a pure function of (seed, epoch), so a resumed run replays the same batches.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, seed: int,
+        lengths: list[int] | None = None, groups: int = 0,
+    ) -> None:  # fmt: skip
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"{len(lengths)} lengths for {n} examples")
         self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.lengths, self.groups = lengths, groups
         self.per_epoch = math.ceil(n / batch_size)
-        self._epoch, self._perm = -1, None
+        self._epoch, self._batches = -1, None
 
-    def epoch_perm(self, epoch: int) -> list[int]:
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g).tolist()
-        return self._perm
+            perm = torch.randperm(self.n, generator=g).tolist()
+            bs = self.batch_size
+            if self.lengths is None or self.groups < 2:
+                batches = [perm[i : i + bs] for i in range(0, self.n, bs)]
+            else:
+                span = bs * self.groups
+                batches = []
+                for s in range(0, self.n, span):
+                    # stable sort: ties keep the permutation's (random) order
+                    chunk = sorted(perm[s : s + span], key=lambda i: -self.lengths[i])
+                    batches += [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
+                shuffle = torch.randperm(len(batches), generator=g).tolist()
+                batches = [batches[i] for i in shuffle]
+            self._epoch, self._batches = epoch, batches
+        return self._batches
 
     def batch(self, g: int) -> list[int]:
         epoch, i = divmod(g, self.per_epoch)
-        return self.epoch_perm(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
+        return self.epoch_batches(epoch)[i]
 
 
 def total_steps(config: TrainConfig, n_train: int, world: int = 1) -> int:

@@ -33,23 +33,22 @@ class PlanError(KDLensError):
 # Presets: the one place to tune the experiment's sizes.
 #
 # cpu: a 2-core CPU, one task in at most ~45 minutes. Measured on such a CPU (issue 8,
-#      2026-12-01, quiet): teacher extraction ~2.5 s per example (1.5B Qwen pack, bf16, batch 8),
-#      a student step of batch 8 ~2 s (135M SmolLM2, bf16 autocast, fused AdamW, no chat
-#      template), about twice that in the two-target modes (saliency, dss, random).
-#      320 training examples x 3 epochs = 120 steps per mode: the dev-split search
-#      (bench/results/tune_esnli.jsonl) had standard at 0.44 / 0.63 / 0.67 e-SNLI dev accuracy
-#      after 40 / 80 / 120 steps at lr 1e-4 (3e-4: 0.66; 160 examples x 60 steps: chance).
-#      Measured on e-SNLI (2026-12-01, README): 49 min 48 s in all, 5 min over the target:
-#      extraction 11.6 min, training 31 min (standard 4, saliency 8.4, dss 9.9, random 8.3),
-#      evaluation and loads 7 min. 288 examples would fit 45 min by the same rates (not run).
+#      2026-12-01, quiet): teacher extraction ~2.2 s per example (1.5B Qwen pack, bf16, batch 8),
+#      a student step of batch 8 ~1.5 s on e-SNLI (135M SmolLM2, bf16 autocast, fused AdamW,
+#      eager attention, no chat template), about twice that in the two-target modes (saliency,
+#      dss, random). 3 epochs at lr 1e-4: the dev-split search (bench/results/tune_esnli.jsonl,
+#      320 examples, 120 steps) found nothing better than standard at 0.67 e-SNLI dev accuracy
+#      (3e-4: 0.66, 2e-4: 0.41, constant lr: 0.61, batch 4: 0.67; 160 examples: chance).
+#      320 examples took 49 min 48 s on e-SNLI before eager attention (README), about 44 min
+#      after by its rates; 288 leave a margin.
 #      Students read the bare prompt (no chat template: 30% fewer tokens); the zero-shot
 #      baseline is scored both ways.
 # gpu: one H100/H200-class GPU, full training file, bf16 (TrainConfig bf16="auto").
-# The cpu preset's training examples per task: e-SNLI's 320 scaled by the student's tokens per
+# The cpu preset's training examples per task: e-SNLI's 288 scaled by the student's tokens per
 # example (predict + explain pairs, SmolLM2 tokenizer, bare prompts, first 320 records:
 # e-SNLI 183, CQA 224, ANLI1 414, SVAMP 255), down to a whole batch of 8, so every task costs
 # about the same. Only e-SNLI and CQA were timed (README); other tasks get the smallest size.
-CPU_TRAIN_SIZES = {"esnli": 320, "cqa": 256, "anli1": 136, "svamp": 224}
+CPU_TRAIN_SIZES = {"esnli": 288, "cqa": 232, "anli1": 120, "svamp": 200}
 
 PRESETS: dict[str, dict] = {
     "cpu": {

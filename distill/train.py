@@ -183,10 +183,25 @@ class _Ctx:
     model: torch.nn.Module | None = None
 
 
+def training_attention(model, device: torch.device) -> str | None:
+    """Eager attention for training on a CPU: the CPU flash-attention kernel's backward costs
+    more than the rest of the layer's backward at these sequence lengths (measured: 12 ms per
+    layer at 8x90 tokens, 16% of a SmolLM2 step; bench/train_speed.py). Returns the choice."""
+    config = getattr(model, "config", None)
+    if device.type != "cpu" or getattr(config, "_attn_implementation", None) != "sdpa":
+        return None
+    try:
+        model.set_attn_implementation("eager")
+    except (AttributeError, ValueError, ImportError):  # a model class without eager attention
+        return None
+    return "eager"
+
+
 def _train(ctx: _Ctx, resumed: bool, train_ex: list, stop) -> dict:
     config, run, accelerator, emit = ctx.config, ctx.run, ctx.accelerator, ctx.emit
     model = ctx.loaded.model
     model.train()
+    training_attention(model, ctx.accelerator.device)
     for p in model.parameters():  # load_model/prepare freeze parameters for attribution
         p.requires_grad_(True)
     pad_id = ctx.loaded.tokenizer.pad_token_id
@@ -195,7 +210,9 @@ def _train(ctx: _Ctx, resumed: bool, train_ex: list, stop) -> dict:
 
     world, rank = accelerator.num_processes, accelerator.process_index
     total = total_steps(config, len(train_ex), world)
-    order = BatchOrder(len(train_ex), config.batch_size, config.seed)
+    lengths = [sum(len(f.input_ids) + len(f.labels) * enc_dec for f in item) for item in items]
+    order = BatchOrder(len(train_ex), config.batch_size, config.seed, lengths,
+                       config.length_groups)  # fmt: skip
     optimizer = adamw(model.parameters(), config, accelerator.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total))
 

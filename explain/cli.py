@@ -165,6 +165,9 @@ def _run(args: argparse.Namespace) -> int:
         settings["baseline"] = args.baseline
     if args.top_k < 1:
         raise InputError("--top-k must be at least 1")
+    from .attr import get_method
+
+    get_method(args.method, **settings)  # its own bounds (e.g. --steps), before the load
     loaded = load_model(
         args.model,
         device=args.device,

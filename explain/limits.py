@@ -21,6 +21,17 @@ MAX_INPUT_TOKENS = 4_096
 # each. A longer answer's heatmap shows its first rows, with a warning; the word scores and the
 # rationale still come from the whole answer.
 MAX_HEATMAP_ROWS = 64
+# ...and at most this many (row x input token) cells, so a long input gets fewer rows: each
+# row's backward pass costs in proportion to the input (and more, through attention). At the
+# 4,096-token limit the heatmap keeps 3 rows; up to 256 input tokens it keeps 64.
+HEATMAP_TOKEN_BUDGET = 16_384
+
+
+def heatmap_rows(input_tokens: int, batch: int = 1) -> int:
+    """Rows of the per-token heatmap for ``batch`` inputs padded to ``input_tokens``: at
+    most :data:`MAX_HEATMAP_ROWS`, within :data:`HEATMAP_TOKEN_BUDGET` cells, at least 1."""
+    cells = max(1, input_tokens) * max(1, batch)
+    return max(1, min(MAX_HEATMAP_ROWS, HEATMAP_TOKEN_BUDGET // cells))
 
 
 def _texts(value) -> list[str]:

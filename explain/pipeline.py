@@ -14,7 +14,7 @@ import torch
 from .attr import get_method
 from .errors import InputError
 from .formatting import Source, build_source, encode_target, render_prompt
-from .limits import MAX_HEATMAP_ROWS
+from .limits import heatmap_rows
 from .lm_scoring import Scorer, ScoringBatch, collate
 from .models import LoadedModel
 from .rationale import AGGREGATES
@@ -220,6 +220,7 @@ def explain_batch(
             )
     reserve = [len(g) if g else max_new_tokens for g in given]
     enc = [encode_prompt(loaded, p, r) for p, r in zip(prompts, reserve)]
+    attributor.check_input_tokens(max(len(e.ids) for e in enc))
     todo = [i for i, g in enumerate(given) if g is None]
     if todo:
         generated = generate(loaded, [enc[i].ids for i in todo], max_new_tokens)
@@ -239,9 +240,11 @@ def explain_batch(
     out = attributor.attribute(Scorer(loaded, batch, rows=rows))
     shown = out  # the matrix the result carries
     if token_matrix and rows == "answer":
-        # The heatmap's rows, at most MAX_HEATMAP_ROWS: a maximal given answer (512 tokens) over
-        # a 4,096-token input needed 512 backward passes over ~4,600 tokens (hours of CPU).
-        capped = first_rows(batch, MAX_HEATMAP_ROWS)
+        # The heatmap's rows, within a budget of rows x input tokens: a maximal given answer
+        # (512 tokens) over a 4,096-token input needed 512 backward passes over ~4,600 tokens
+        # (hours of CPU), and 64 rows there are still 64 of them.
+        rows_shown = heatmap_rows(batch.prompt_ids.shape[1], len(items))
+        capped = first_rows(batch, rows_shown)
         shown = attributor.attribute(Scorer(loaded, capped, rows="tokens"))
     seconds = (time.perf_counter() - t0) / len(items)
     lp = batch.prompt_ids.shape[1]

@@ -197,13 +197,13 @@ def test_concurrent_checkpointed_attributions_agree(tiny, monkeypatch):
 def test_long_answer_heatmap_shows_its_first_rows(tiny, monkeypatch):
     """Past MAX_HEATMAP_ROWS the heatmap holds the first rows, equal to the uncapped matrix's,
     with a visible warning; the word scores and the rationale are the whole answer's."""
-    from explain import pipeline
+    from explain import limits
 
     kw = {"template": "cqa", "answer": ANSWER, "token_matrix": True}
     whole = explain(tiny, CQA, **kw)
     n = len(whole.output_ids)
     assert n > 3 and len(whole.matrix) == n and not whole.warnings
-    monkeypatch.setattr(pipeline, "MAX_HEATMAP_ROWS", 3, raising=False)
+    monkeypatch.setattr(limits, "MAX_HEATMAP_ROWS", 3)
     capped = explain(tiny, CQA, **kw)
     assert len(capped.matrix) == len(capped.output_tokens) == 3
     assert capped.output_ids == whole.output_ids and capped.answer == whole.answer
@@ -212,3 +212,52 @@ def test_long_answer_heatmap_shows_its_first_rows(tiny, monkeypatch):
     assert capped.token_scores == whole.token_scores
     assert [w.text for w in capped.rationale] == [w.text for w in whole.rationale]
     assert any(f"first 3 of the answer's {n} tokens" in w for w in capped.warnings)
+
+
+def test_heatmap_rows_shrink_with_the_input_within_the_cell_budget(tiny, monkeypatch):
+    """A long input gets fewer heatmap rows (each row is a backward pass over all of it)."""
+    from explain import limits
+
+    assert limits.heatmap_rows(100) == limits.MAX_HEATMAP_ROWS == 64
+    assert limits.heatmap_rows(256) == 64 and limits.heatmap_rows(1024) == 16
+    assert limits.heatmap_rows(4_600) == 3 and limits.heatmap_rows(10**6) == 1
+    assert limits.heatmap_rows(1024, batch=4) == 4 and limits.heatmap_rows(0) == 64
+    kw = {"template": "cqa", "answer": ANSWER, "token_matrix": True}
+    whole = explain(tiny, CQA, **kw)
+    width = len(whole.input_tokens)
+    monkeypatch.setattr(limits, "HEATMAP_TOKEN_BUDGET", 2 * width)  # room for two rows
+    capped = explain(tiny, CQA, **kw)
+    assert len(capped.matrix) == 2
+    assert torch.allclose(torch.tensor(capped.matrix), torch.tensor(whole.matrix[:2]),
+                          rtol=1e-5, atol=1e-7)  # fmt: skip
+    assert any("first 2 of the answer's" in w for w in capped.warnings)
+
+
+@pytest.mark.parametrize("method", ["occlusion", "integrated_gradients"])
+def test_costly_methods_refuse_long_prompts_before_any_model_run(tiny, method, monkeypatch):
+    """Occlusion runs a forward per input token, integrated gradients n_steps backward passes
+    per row: each has its own prompt limit, checked before generation."""
+    from explain import pipeline
+    from explain.attr import METHODS
+    from explain.errors import InputError
+
+    explain(tiny, CQA, template="cqa", answer=ANSWER, method=method,
+            method_settings={"n_steps": 2} if method == "integrated_gradients" else None)  # fmt: skip
+    monkeypatch.setattr(METHODS[method], "max_input_tokens", 5)
+
+    def no_model_run(*a, **k):
+        raise AssertionError("the model ran")
+
+    monkeypatch.setattr(pipeline, "generate", no_model_run)
+    with pytest.raises(InputError, match=f"{method} takes prompts of at most 5 tokens"):
+        explain(tiny, CQA, template="cqa", method=method)
+    assert METHODS["saliency"].max_input_tokens is None  # one backward pass: limits.py only
+
+
+def test_integrated_gradients_steps_are_bounded():
+    from explain.errors import InputError
+
+    for bad in (0, -3, 257, 10**6, 2.5, True):
+        with pytest.raises(InputError, match="n_steps must be a whole number from 1 to 256"):
+            get_method("integrated_gradients", n_steps=bad)
+    assert get_method("integrated_gradients", n_steps=256).settings["n_steps"] == 256

@@ -165,6 +165,59 @@ def test_batch_order_is_deterministic_and_covers_each_epoch():
     assert [tr.BatchOrder(10, 4, seed=4).batch(g) for g in range(3)] != first
 
 
+def test_length_grouped_batches_pad_less_and_stay_a_pure_function_of_the_epoch():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(20, 200, (103,), generator=g).tolist()
+    grouped = tr.BatchOrder(103, 8, seed=1, lengths=lengths, groups=4)
+    plain = tr.BatchOrder(103, 8, seed=1)
+
+    def padding(order, epoch):
+        batches = [order.batch(epoch * order.per_epoch + i) for i in range(order.per_epoch)]
+        assert sorted(i for b in batches for i in b) == list(range(103))  # each once an epoch
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b)
+                   for b in batches)  # fmt: skip
+
+    assert grouped.per_epoch == plain.per_epoch == 13
+    for epoch in range(2):
+        assert padding(grouped, epoch) < 0.5 * padding(plain, epoch)
+    # resumption jumps straight to batch g: a fresh order gives the same batches in any order
+    again = tr.BatchOrder(103, 8, seed=1, lengths=lengths, groups=4)
+    assert [again.batch(g) for g in reversed(range(26))] == [
+        grouped.batch(g) for g in reversed(range(26))
+    ]
+    assert grouped.batch(0) != grouped.batch(13)  # a new epoch regroups
+    # groups <= 1 (or no lengths) is the plain order, bit for bit
+    off = tr.BatchOrder(103, 8, seed=1, lengths=lengths, groups=0)
+    assert [off.batch(g) for g in range(13)] == [plain.batch(g) for g in range(13)]
+    with pytest.raises(ValueError, match="lengths"):
+        tr.BatchOrder(10, 4, seed=0, lengths=[1, 2])
+
+
+def test_training_uses_eager_attention_on_cpu_with_the_same_gradients():
+    ids = torch.randint(3, 400, (3, 17), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0  # left padding in one row
+
+    def grads(model):
+        model.zero_grad()
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos)
+        out.logits[:, -4:].float().logsumexp(-1).sum().backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    sdpa = tiny.tiny_llama(0)
+    sdpa.set_attn_implementation("sdpa")
+    eager = tiny.tiny_llama(0)
+    eager.set_attn_implementation("sdpa")
+    assert tr.training_attention(eager, torch.device("cuda")) is None  # GPUs keep their kernel
+    assert eager.config._attn_implementation == "sdpa"
+    assert tr.training_attention(eager, torch.device("cpu")) == "eager"
+    assert eager.config._attn_implementation == "eager"
+    a, b = grads(sdpa), grads(eager)
+    assert a.abs().max() > 0
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
 def test_config_validation(tmp_path):
     with pytest.raises(tr.TrainError, match="unknown mode"):
         tr.train(config(tmp_path, mode="magic"), model_loader=tiny_loader())

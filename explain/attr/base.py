@@ -23,12 +23,26 @@ class AttributionMethod:
     signed: ClassVar[bool] = True
     description: ClassVar[str] = ""
     defaults: ClassVar[dict] = {}
+    # Longest prompt (tokens) the method accepts: its cost grows with the input beyond one
+    # backward pass (occlusion runs a forward per input token). None: explain.limits only.
+    max_input_tokens: ClassVar[int | None] = None
 
     def __init__(self, **settings) -> None:
         unknown = set(settings) - set(self.defaults)
         if unknown:
             raise ValueError(f"{self.name} has no setting(s) {sorted(unknown)}")
         self.settings = {**self.defaults, **settings}
+
+    def check_input_tokens(self, n: int) -> None:
+        """Refuse a prompt of ``n`` tokens over :attr:`max_input_tokens`, before any model run."""
+        from ..errors import InputError
+
+        if self.max_input_tokens is not None and n > self.max_input_tokens:
+            raise InputError(
+                f"{self.name} takes prompts of at most {self.max_input_tokens:,} tokens "
+                f"(its cost grows with every input token); this one has {n:,}: use saliency "
+                "or a shorter input"
+            )
 
     def attribute(self, scorer: Scorer) -> MethodOutput:
         raise NotImplementedError

@@ -21,6 +21,16 @@ class IntegratedGradientsMethod(AttributionMethod):
     signed = True
     description = "path integral of gradients from a baseline to the input (Sundararajan 2017)"
     defaults = {"n_steps": 32, "baseline": "pad", "method": "gausslegendre", "batch_steps": 8}
+    max_input_tokens = 1_024  # n_steps backward passes per answer row
+    max_steps = 256
+
+    def __init__(self, **settings) -> None:
+        super().__init__(**settings)
+        from ..errors import InputError
+
+        n = self.settings["n_steps"]
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.max_steps:
+            raise InputError(f"n_steps must be a whole number from 1 to {self.max_steps}, got {n}")
 
     def attribute(self, scorer: Scorer) -> MethodOutput:
         n, kind = int(self.settings["n_steps"]), self.settings["baseline"]

@@ -18,6 +18,7 @@ class OcclusionMethod(AttributionMethod):
     signed = True
     description = "drop in answer log-prob when a token's embedding is replaced by the baseline"
     defaults = {"baseline": "pad", "perturbations_per_eval": 8}
+    max_input_tokens = 512  # one forward pass per input token
 
     def attribute(self, scorer: Scorer) -> MethodOutput:
         x = scorer.prompt_embeds
