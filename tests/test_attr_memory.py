@@ -241,8 +241,8 @@ def test_costly_methods_refuse_long_prompts_before_any_model_run(tiny, method, m
     from explain.attr import METHODS
     from explain.errors import InputError
 
-    explain(tiny, CQA, template="cqa", answer=ANSWER, method=method,
-            method_settings={"n_steps": 2} if method == "integrated_gradients" else None)  # fmt: skip
+    settings = {"n_steps": 2} if method == "integrated_gradients" else None
+    explain(tiny, CQA, template="cqa", answer=ANSWER, method=method, method_settings=settings)
     monkeypatch.setattr(METHODS[method], "max_input_tokens", 5)
 
     def no_model_run(*a, **k):
