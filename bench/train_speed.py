@@ -9,7 +9,9 @@ the steps after the first (warm-up), reported with the ratio ours / Trainer.
     python bench/train_speed.py --steps 12 --batch-size 8 --bf16   # bf16 autocast, both loops
 
 Trainer gets its fastest AdamW (``adamw_torch_fused``, as ours) unless ``--trainer-optim``
-says otherwise. Results: bench/results/train_speed.json, one entry per precision.
+says otherwise. Ours also runs a second time with the model's own attention kernel (SDPA)
+instead of the eager attention it uses for training on a CPU: ``ratio_eager_over_sdpa``.
+Results: bench/results/train_speed.json, one entry per precision (and task, beside CQA).
 """
 
 from __future__ import annotations
@@ -114,16 +116,30 @@ def main() -> None:
                                                             max_len=args.max_len)]  # fmt: skip
     t_hf = trainer_tokens_per_s(loaded, feats, args)
 
-    out = Path(args.out) / f"ours-{time.strftime('%H%M%S')}"
     cfg = TrainConfig(student=args.student, task=args.task, data=str(data), steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, schedule="constant", dev_size=0,
-                      limit=n, eval_every=0, save_every=0, out=str(out), max_len=args.max_len,
+                      limit=n, eval_every=0, save_every=0, out="", max_len=args.max_len,
                       chat_template=args.chat_template, bf16=args.bf16)  # fmt: skip
-    records: list[dict] = []
-    train(cfg, progress=lambda r: records.append(r) if "tokens_per_s" in r else None,
-          model_loader=lambda spec, **kw: load_model(spec, **kw))  # fmt: skip
-    ours = [r["tokens_per_s"] for r in records[1:]]
-    t_ours = sum(ours) / len(ours)
+
+    def ours_tokens_per_s(name: str) -> float:
+        records: list[dict] = []
+        cfg.out = str(Path(args.out) / f"{name}-{time.strftime('%H%M%S')}")
+        train(cfg, progress=lambda r: records.append(r) if "tokens_per_s" in r else None,
+              model_loader=lambda spec, **kw: load_model(spec, **kw))  # fmt: skip
+        ours = [r["tokens_per_s"] for r in records[1:]]
+        return sum(ours) / len(ours)
+
+    t_ours = ours_tokens_per_s("ours")
+    # The same loop with the model's own attention kernel (SDPA; on a CPU ours switches to
+    # eager attention for training: distill.train.training_attention).
+    import distill.train as train_mod
+
+    keep = train_mod.training_attention
+    train_mod.training_attention = lambda model, device: None
+    try:
+        t_sdpa = ours_tokens_per_s("ours-sdpa")
+    finally:
+        train_mod.training_attention = keep
     result = {
         "command": " ".join(sys.argv), "student": args.student, "task": args.task,
         "steps": args.steps, "batch_size": args.batch_size, "max_len": args.max_len,
@@ -131,12 +147,15 @@ def main() -> None:
         "trainer_optim": args.trainer_optim, "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "trainer_tokens_per_s": round(t_hf, 1), "ours_tokens_per_s": round(t_ours, 1),
         "ratio_ours_over_trainer": round(t_ours / t_hf, 3),
+        "ours_sdpa_tokens_per_s": round(t_sdpa, 1),
+        "ratio_eager_over_sdpa": round(t_ours / t_sdpa, 3),
     }  # fmt: skip
     print(json.dumps(result, indent=1))
     dest = ROOT / "bench" / "results" / "train_speed.json"
     old = json.loads(dest.read_text()) if dest.is_file() else {}
     runs = old if "command" not in old else {}  # the file once held a single fp32 result
-    runs[result["precision"]] = result
+    key = result["precision"] if args.task == "cqa" else f"{result['precision']}-{args.task}"
+    runs[key] = result
     atomic_write_text(dest, json.dumps(runs, indent=1) + "\n")
 
 

@@ -64,6 +64,8 @@ class ModelResult:
     predictions: str | None = None
     cached: bool = False
     hint_coverage: float | None = None  # hint mode: share of evaluated examples with a hint
+    dev_accuracy: float | None = None  # a trained mode's final dev accuracy (its own split)
+    train_seconds: float | None = None  # its training loop's time (dev evaluation included)
 
 
 @dataclass
@@ -95,8 +97,9 @@ def results_markdown(plan: Plan, models: list[ModelResult], eval_note: str) -> s
         f"- rationale target: {target}" + ("" if plan.needs_rationales else " (no mode used one)"),
         f"- rationales: {plan.method}, top-{plan.top_k}; seeds {plan.seeds}",
         "",
-        "| model | target | accuracy (mean over seeds) | per seed [95% CI] | choice accuracy | n |",
-        "|---|---|---|---|---|---|",
+        "| model | target | accuracy (mean over seeds) | per seed [95% CI] | choice accuracy | n "
+        "| dev accuracy | training s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     order: list[str] = []
     for r in models:
@@ -111,11 +114,13 @@ def results_markdown(plan: Plan, models: list[ModelResult], eval_note: str) -> s
             for r in rows
         )
         acc, choice = _mean([r.accuracy for r in rows]), _mean([r.choice_accuracy for r in rows])
+        dev, secs = _mean([r.dev_accuracy for r in rows]), _mean([r.train_seconds for r in rows])
         row_target = target if mode in NEEDS_RATIONALES else "—"
         lines.append(
             f"| {rows[0].name.rsplit('-s', 1)[0]} | {row_target} | "
             f"{'—' if acc is None else f'{acc:.3f}'} | {per_seed} | "
-            f"{'—' if choice is None else f'{choice:.3f}'} | {rows[0].n} |"
+            f"{'—' if choice is None else f'{choice:.3f}'} | {rows[0].n} | "
+            f"{'—' if dev is None else f'{dev:.3f}'} | {'—' if secs is None else f'{secs:.0f}'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -415,7 +420,10 @@ def run_plan(
             else:
                 res, cached = summary, bool(summary.get("cached"))
                 res = dict(res, predictions=str(Path(run_dir) / "dev_predictions.jsonl"))
-            result.models.append(_model_result(mode, mode, seed, res, eval_note, run_dir, cached))
+            model = _model_result(mode, mode, seed, res, eval_note, run_dir, cached)
+            model.dev_accuracy = summary.get("accuracy")
+            model.train_seconds = summary.get("elapsed_s")
+            result.models.append(model)
 
     pairs = paired_comparisons(result.models)
     md = results_markdown(plan, result.models, eval_note) + pairs_markdown(pairs)

@@ -185,8 +185,9 @@ class _Ctx:
 
 def training_attention(model, device: torch.device) -> str | None:
     """Eager attention for training on a CPU: the CPU flash-attention kernel's backward costs
-    more than the rest of the layer's backward at these sequence lengths (measured: 12 ms per
-    layer at 8x90 tokens, 16% of a SmolLM2 step; bench/train_speed.py). Returns the choice."""
+    a large share of a short-sequence step (12 ms per layer at 8x90 tokens, 15% of a SmolLM2
+    step; eager is 1.24x SDPA's tokens/s on e-SNLI in bench/train_speed.py). Returns the
+    choice."""
     config = getattr(model, "config", None)
     if device.type != "cpu" or getattr(config, "_attn_implementation", None) != "sdpa":
         return None

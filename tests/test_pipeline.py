@@ -95,6 +95,13 @@ def test_test_file_and_gold_label(tiny_model_dir, datasets_dir, tmp_path, one_th
     assert "| saliency | gold (analysis only) |" in md
     payload = json.loads((tmp_path / "exp/results.json").read_text())
     assert len(payload["test_sha256"]) == 64 and "test file" in payload["evaluation"]
+    # Beside the test accuracy: the student's own dev accuracy and its training time.
+    (model,) = payload["models"]
+    summary = json.loads((tmp_path / "exp/train-saliency-s0/summary.json").read_text())
+    assert model["dev_accuracy"] == summary["accuracy"] is not None
+    assert model["train_seconds"] == summary["elapsed_s"] > 0
+    assert "| dev accuracy | training s |" in md
+    assert f"| 4 | {summary['accuracy']:.3f} | {summary['elapsed_s']:.0f} |" in md
     assert (tmp_path / "exp/predictions-saliency-s0.jsonl").read_text().count("\n") == 4
 
 
