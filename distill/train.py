@@ -211,7 +211,11 @@ def _train(ctx: _Ctx, resumed: bool, train_ex: list, stop) -> dict:
 
     world, rank = accelerator.num_processes, accelerator.process_index
     total = total_steps(config, len(train_ex), world)
-    lengths = [sum(len(f.input_ids) + len(f.labels) * enc_dec for f in item) for item in items]
+    lengths = (
+        [sum(len(f.input_ids) + len(f.labels) * enc_dec for f in item) for item in items]
+        if config.length_groups > 1
+        else None
+    )
     order = BatchOrder(len(train_ex), config.batch_size, config.seed, lengths,
                        config.length_groups)  # fmt: skip
     optimizer = adamw(model.parameters(), config, accelerator.device)
