@@ -15,6 +15,7 @@ from explain.rationale import RATIONALE_DEFAULTS
 from .commands import (
     _dev_size,
     _finite,
+    cmd_combine,
     cmd_compare,
     cmd_eval,
     cmd_experiment,
@@ -103,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-zero-shot", action="store_true", help="skip the untrained student")
     x.add_argument("--out", required=True, help="experiment folder")
     x.set_defaults(fn=cmd_experiment)
+
+    cb = sub.add_parser(
+        "combine",
+        help="one table from finished experiments that differ only in their seeds",
+    )
+    cb.add_argument("experiments", nargs="+", metavar="EXPERIMENT_DIR")
+    cb.add_argument("--out", required=True, help="folder for the combined results.md/.json")
+    cb.set_defaults(fn=cmd_combine)
 
     t = sub.add_parser("train", help="fine-tune a student")
     data_args(t)

@@ -248,6 +248,15 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_combine(args: argparse.Namespace) -> int:
+    from .combine import combine
+
+    md, js = combine(args.experiments, args.out)
+    print(md.read_text(encoding="utf-8"))
+    print(f"results: {md} and {js}", file=sys.stderr)
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 

@@ -125,15 +125,59 @@ def results_markdown(plan: Plan, models: list[ModelResult], eval_note: str) -> s
     return "\n".join(lines) + "\n"
 
 
+def _runs(models: list[ModelResult]) -> dict[str, list[dict]]:
+    from .runs import read_jsonl
+
+    return {m.name: read_jsonl(m.predictions) for m in models
+            if m.predictions and Path(m.predictions).is_file()}  # fmt: skip
+
+
 def paired_comparisons(models: list[ModelResult]) -> list:
     """Every pair of models evaluated on the same examples: accuracy difference, its paired
     bootstrap 95% interval and McNemar's exact p (:mod:`distill.stats`)."""
-    from .runs import read_jsonl
     from .stats import pairwise
 
-    runs = {m.name: read_jsonl(m.predictions) for m in models
-            if m.predictions and Path(m.predictions).is_file()}  # fmt: skip
-    return pairwise(runs)[0]
+    return pairwise(_runs(models))[0]
+
+
+def shown_pairs(models: list[ModelResult], pairs: list) -> list:
+    """The pairs the table shows: with several seeds, two modes at different seeds are left to
+    ``results.json`` (the seed-averaged table compares modes); a mode against itself at
+    another seed stays, as the measure of training noise."""
+    by_name = {m.name: m for m in models}
+    size: dict[str, int] = {}
+    for m in models:
+        size[m.mode] = size.get(m.mode, 0) + 1
+
+    def keep(p) -> bool:
+        a, b = by_name[p.model_a], by_name[p.model_b]
+        return a.seed == b.seed or a.mode == b.mode or 1 in (size[a.mode], size[b.mode])
+
+    return [p for p in pairs if keep(p)]
+
+
+def pooled_comparisons(models: list[ModelResult], n_boot: int = 10_000) -> list:
+    """Every pair of modes on per-example correctness averaged over their seeds
+    (:func:`distill.stats.seed_pooled`); empty unless some mode has several seeds."""
+    import itertools
+
+    from .stats import StatsError, seed_pooled
+
+    runs = _runs(models)
+    groups: dict[str, list[dict[str, bool]]] = {}
+    for m in models:
+        if m.name in runs:
+            correct = {str(p["id"]): bool(p["correct"]) for p in runs[m.name]}
+            groups.setdefault(m.mode, []).append(correct)
+    if all(len(g) < 2 for g in groups.values()):
+        return []
+    out = []
+    for (na, ga), (nb, gb) in itertools.combinations(groups.items(), 2):
+        try:
+            out.append(seed_pooled(ga, gb, na, nb, n_boot=n_boot))
+        except StatsError:  # not scored on the same examples (dev splits differ by seed)
+            continue
+    return out
 
 
 def pairs_markdown(pairs: list) -> str:
@@ -147,6 +191,57 @@ def pairs_markdown(pairs: list) -> str:
                      f"{p.accuracy_b:.3f} | {p.difference:+.3f} | [{p.ci_low:+.3f}, "
                      f"{p.ci_high:+.3f}] | {p.mcnemar_p:.3g} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def pooled_markdown(pooled: list) -> str:
+    if not pooled:
+        return ""
+    lines = ["", "Seed-averaged comparisons (each example's correctness averaged over a mode's "
+             "seeds; difference = A - B; interval and p, a paired sign-flip permutation test "
+             "(Monte Carlo above 16 examples: 10,000 patterns, floor 2e-4), cover the test "
+             "sample for these seeds; per seed: the difference at each seed; seeds agree: "
+             "every seed's difference has the pooled sign):", "",
+             "| A | B | n | seeds A/B | A acc | B acc | difference | 95% paired bootstrap CI "
+             "| per seed | seeds agree | p |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for p in pooled:
+        per = ", ".join(f"{d:+.3f}" for d in p.per_seed)
+        ci = f"[{p.ci_low:+.3f}, {p.ci_high:+.3f}]"
+        lines.append(f"| {p.model_a} | {p.model_b} | {p.n} | {p.seeds_a}/{p.seeds_b} | "
+                     f"{p.accuracy_a:.3f} | {p.accuracy_b:.3f} | {p.difference:+.3f} | "
+                     f"{ci} | {per} | {'yes' if p.seeds_agree else 'no'} | "
+                     f"{p.p_value:.3g} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_results(
+    plan: Plan, models: list[ModelResult], eval_note: str, extraction: dict | None,
+    extra: dict | None = None, test_sha256: str | None = None,
+) -> tuple[Path, Path]:  # fmt: skip
+    """The table (``results.md``) and its data (``results.json``) in ``plan.out``."""
+    pairs, pooled = paired_comparisons(models), pooled_comparisons(models)
+    shown = shown_pairs(models, pairs)
+    md = results_markdown(plan, models, eval_note) + pairs_markdown(shown)
+    if len(shown) < len(pairs):
+        md += (f"\n{len(pairs) - len(shown)} more pairs (two modes at different seeds) are in "
+               "results.json.\n")  # fmt: skip
+    md += pooled_markdown(pooled)
+    md_path, json_path = Path(plan.out) / "results.md", Path(plan.out) / "results.json"
+    atomic_write_text(md_path, md)
+    payload = {
+        "plan": plan.to_dict(),
+        "evaluation": eval_note,
+        "test_sha256": test_sha256 or (data_hash(plan.test_data) if plan.test_data else None),
+        "rationale_target": target_label(plan.target) if plan.needs_rationales else None,
+        "extraction": extraction,
+        "models": [asdict(m) for m in models],
+        "paired": [p.to_dict() for p in pairs],
+        "seed_pooled": [p.to_dict() for p in pooled],
+        **(extra or {}),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write_json(json_path, payload)
+    return md_path, json_path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,21 +520,7 @@ def run_plan(
             model.train_seconds = summary.get("elapsed_s")
             result.models.append(model)
 
-    pairs = paired_comparisons(result.models)
-    md = results_markdown(plan, result.models, eval_note) + pairs_markdown(pairs)
-    md_path, json_path = Path(plan.out) / "results.md", Path(plan.out) / "results.json"
-    atomic_write_text(md_path, md)
-    payload = {
-        "plan": plan.to_dict(),
-        "evaluation": eval_note,
-        "test_sha256": data_hash(plan.test_data) if plan.test_data else None,
-        "rationale_target": target_label(plan.target) if plan.needs_rationales else None,
-        "extraction": result.extraction,
-        "models": [asdict(m) for m in result.models],
-        "paired": [p.to_dict() for p in pairs],
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    atomic_write_json(json_path, payload)
+    md_path, json_path = write_results(plan, result.models, eval_note, result.extraction)
     result.status, result.table_md, result.table_json = "finished", str(md_path), str(json_path)
     emit({"stage": "done", "message": f"results in {md_path}"})
     return result

@@ -9,6 +9,12 @@ Two models answer the same questions, so their errors are correlated; unpaired i
 - McNemar's exact test: under "no difference" each discordant example (one model right, the
   other wrong) is a fair coin, so the p-value is a two-sided binomial test of the ``a only``
   count among the discordant ones (``scipy.stats.binomtest``).
+
+With several training seeds per model, one seed's table mixes the teacher's effect with
+training noise. :func:`seed_pooled` averages each example's correctness over a model's seeds
+and compares those per-example means: the same paired bootstrap, and a paired sign-flip
+permutation test (``scipy.stats.permutation_test``), which with one seed per model is exactly
+McNemar's test.
 """
 
 from __future__ import annotations
@@ -138,6 +144,93 @@ def compare_predictions(
     )
 
 
+@dataclass
+class SeedPooledComparison:
+    """Two models compared on per-example correctness averaged over their seeds."""
+
+    model_a: str
+    model_b: str
+    n: int
+    seeds_a: int
+    seeds_b: int
+    accuracy_a: float  # mean over seeds
+    accuracy_b: float
+    difference: float
+    ci_low: float  # paired bootstrap over examples of the seed-averaged differences
+    ci_high: float
+    p_value: float  # paired sign-flip permutation test of the mean difference
+    per_seed: list[float]  # accuracy_a - accuracy_b at each seed (see seed_pooled)
+
+    @property
+    def seeds_agree(self) -> bool:
+        """Every seed's difference has the sign of the pooled one. The interval and p cover
+        the test sample for these seeds, not a new seed: when seeds disagree, a new seed may
+        well reverse the difference."""
+        sign = np.sign(self.difference)
+        return bool(sign != 0 and all(np.sign(d) == sign for d in self.per_seed))
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"seeds_agree": self.seeds_agree}
+
+
+def _seed_means(runs: list[dict[str, bool]], name: str) -> dict[str, float]:
+    if not runs:
+        raise StatsError(f"{name}: no runs")
+    ids = runs[0].keys()
+    if any(r.keys() != ids for r in runs):
+        raise StatsError(f"{name}: its seeds were not scored on the same examples")
+    return {i: sum(r[i] for r in runs) / len(runs) for i in ids}
+
+
+def seed_pooled(
+    a: list[dict[str, bool]],
+    b: list[dict[str, bool]],
+    model_a: str = "a",
+    model_b: str = "b",
+    n_boot: int = 10_000,
+    seed: int = 0,
+) -> SeedPooledComparison:
+    """Compare two models given as one ``{example id: correct}`` map per seed.
+
+    Each example's correctness is averaged over the model's seeds; the difference of those
+    means is bootstrapped over examples, and its p-value comes from flipping the sign of each
+    example's difference (exact up to 2^16 sign patterns, else ``n_boot`` random ones). The
+    per-seed differences pair seed i of ``a`` with seed i of ``b``; a model with one run (the
+    untrained student) is paired with every seed of the other.
+    """
+    ma, mb = _seed_means(a, model_a), _seed_means(b, model_b)
+    if ma.keys() != mb.keys():
+        raise StatsError(f"{model_a} and {model_b} were not scored on the same examples")
+    ids = sorted(ma)
+    xa = np.array([ma[i] for i in ids], dtype=np.float64)
+    xb = np.array([mb[i] for i in ids], dtype=np.float64)
+    low, high = paired_bootstrap_ci(list(xa), list(xb), n_boot, seed)
+    d = xa - xb
+    if not np.any(d):
+        p = 1.0
+    else:
+        res = sps.permutation_test(
+            (xa, xb),
+            lambda x, y, axis: np.mean(x - y, axis=axis),
+            permutation_type="samples",
+            vectorized=True,
+            n_resamples=n_boot if len(ids) > 16 else 2 ** len(ids),
+            alternative="two-sided",
+            random_state=seed,
+        )
+        p = float(min(1.0, res.pvalue))
+    if len(a) == 1 or len(b) == 1:
+        pairs = [(x, y) for x in a for y in b]
+    else:
+        pairs = list(zip(a, b))
+    per_seed = [float(np.mean([x[i] for i in ids]) - np.mean([y[i] for i in ids]))
+                for x, y in pairs]  # fmt: skip
+    return SeedPooledComparison(
+        model_a, model_b, len(ids), len(a), len(b), float(xa.mean()), float(xb.mean()),
+        float(d.mean()), low, high, p, per_seed,
+    )  # fmt: skip
+
+
 def pairwise(
     runs: dict[str, list[dict]], key: str = "correct", n_boot: int = 10_000, seed: int = 0
 ) -> tuple[list[PairedComparison], list[tuple[str, str]]]:
@@ -156,10 +249,12 @@ def pairwise(
 
 __all__ = [
     "PairedComparison",
+    "SeedPooledComparison",
     "StatsError",
     "compare_correct",
     "compare_predictions",
     "mcnemar_exact",
     "paired_bootstrap_ci",
     "pairwise",
+    "seed_pooled",
 ]

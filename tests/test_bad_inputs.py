@@ -308,6 +308,11 @@ DISTILL_CASES = [
     ("compare-binary", ["compare", "{data}/rationales.bin"], "line 1: not UTF-8"),
     ("compare-empty", ["compare", "{data}/empty.jsonl"], "no predictions"),
     ("compare-n-boot-0", ["compare", "{tmp}/no-run", "--n-boot", "0"], "--n-boot"),
+    ("combine-one", ["combine", "{tmp}/no-exp", "--out", "{tmp}/c"], "at least two"),
+    ("combine-missing", ["combine", "{tmp}/a", "{tmp}/b", "--out", "{tmp}/c"],
+     "no finished experiment"),
+    ("combine-not-experiments", ["combine", "{data}", "{data}", "--out", "{tmp}/c"],
+     "no finished experiment"),
     ("overlap-missing", ["overlap", "--rationales", "{tmp}/none.jsonl"], "none.jsonl"),
     ("overlap-binary", ["overlap", "--rationales", "{data}/rationales.bin"], "not UTF-8"),
     (

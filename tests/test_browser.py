@@ -157,6 +157,33 @@ def distill_form(page, train: int, dev: int, steps: int) -> None:
     visible(page, "Steps (0 = by epochs)").fill(str(steps))
 
 
+def test_distill_cpu_preset_follows_the_task(page):
+    """The cpu preset sizes each task's training set (distill.plan.CPU_TRAIN_SIZES): choosing
+    another task in the form changes the number the run will use."""
+    from distill.plan import CPU_TRAIN_SIZES
+
+    tab(page, "Distill")
+    page.get_by_label("cpu", exact=True).check()
+    size = visible(page, "Training examples (0 = all)")
+
+    def shows(value: str) -> None:
+        page.wait_for_function("([el, v]) => el.value == v", arg=[size.element_handle(), value])
+        assert size.input_value() == value
+
+    shows(str(CPU_TRAIN_SIZES["cqa"]))  # the form opens on cqa
+    for task in ("esnli", "svamp", "cqa"):
+        page.get_by_label("Task", exact=True).click()
+        page.get_by_role("option", name=task, exact=True).click()
+        shows(str(CPU_TRAIN_SIZES[task]))
+    # A preset with one size for every task leaves the number as the user typed it.
+    page.get_by_label("demo", exact=True).check()
+    size.fill("7")
+    page.get_by_label("Task", exact=True).click()
+    page.get_by_role("option", name="esnli", exact=True).click()
+    page.wait_for_timeout(500)
+    assert size.input_value() == "7"
+
+
 def test_distill_demo_set_trains_to_the_results_table(page):
     distill_form(page, train=6, dev=2, steps=2)  # standard and saliency (the tiny teacher)
     page.locator("#kd-start").click()

@@ -68,6 +68,7 @@ def test_run_plan_end_to_end_and_resume(tiny_model_dir, datasets_dir, tmp_path, 
         assert p["ci_low"] <= p["difference"] <= p["ci_high"] and 0 < p["mcnemar_p"] <= 1
         assert p["both_correct"] + p["a_only"] + p["b_only"] + p["both_wrong"] == 3
     assert "Paired comparisons" in md and "McNemar p" in md
+    assert payload["seed_pooled"] == [] and "Seed-averaged" not in md  # one seed: no pooling
     # Extraction covered exactly the training split of seed 0 (no dev example).
     rec_ids = {json.loads(x)["id"] for x in (tmp_path / "exp/extract/rationales.jsonl").open()}
     train_ids = {json.loads(x)["id"] for x in open(datasets_dir / "cqa/cqa_train.json")}
@@ -103,6 +104,27 @@ def test_test_file_and_gold_label(tiny_model_dir, datasets_dir, tmp_path, one_th
     assert "| dev accuracy | training s |" in md
     assert f"| 4 | {summary['accuracy']:.3f} | {summary['elapsed_s']:.0f} |" in md
     assert (tmp_path / "exp/predictions-saliency-s0.jsonl").read_text().count("\n") == 4
+
+
+def test_two_seeds_give_seed_averaged_comparisons(tiny_model_dir, datasets_dir, tmp_path,
+                                                  one_thread):  # fmt: skip
+    test = tmp_path / "test.jsonl"
+    lines = open(datasets_dir / "cqa/cqa_train.json").read().splitlines()[-4:]
+    test.write_text("\n".join(lines) + "\n")
+    plan = _plan(tiny_model_dir, datasets_dir, tmp_path / "exp", modes=["standard"],
+                 seeds=[0, 1], test_data=str(test))  # fmt: skip
+    res = run_plan(plan)
+    assert [m.name for m in res.models] == ["zero-shot-s0", "standard-s0", "standard-s1"]
+    payload = json.loads((tmp_path / "exp/results.json").read_text())
+    (pooled,) = payload["seed_pooled"]
+    assert (pooled["model_a"], pooled["model_b"]) == ("zero-shot", "standard")
+    assert (pooled["seeds_a"], pooled["seeds_b"], pooled["n"]) == (1, 2, 4)
+    accs = [m.accuracy for m in res.models]
+    assert pooled["accuracy_b"] == pytest.approx((accs[1] + accs[2]) / 2)
+    assert pooled["per_seed"] == [pytest.approx(accs[0] - accs[1]),
+                                  pytest.approx(accs[0] - accs[2])]  # fmt: skip
+    md = (tmp_path / "exp/results.md").read_text()
+    assert "Seed-averaged comparisons" in md and "| zero-shot | standard | 4 | 1/2 |" in md
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from distill.stats import (
     mcnemar_exact,
     paired_bootstrap_ci,
     pairwise,
+    seed_pooled,
 )
 
 
@@ -107,3 +108,66 @@ def test_pairwise_skips_pairs_on_other_examples():
     ]
     assert skipped == [("std", "other"), ("sal", "other"), ("rnd", "other")]
     assert pairs[0].difference == pytest.approx(-0.5) and pairs[1].mcnemar_p == 1.0
+
+
+def _ids(values: list[bool]) -> dict[str, bool]:
+    return {f"q{i}": v for i, v in enumerate(values)}
+
+
+def test_seed_pooled_with_one_seed_is_mcnemar_and_the_paired_bootstrap():
+    a = [True, True, False, True, False, True, True, False, True, True]
+    b = [False, True, False, False, False, True, False, True, False, False]
+    pooled = seed_pooled([_ids(a)], [_ids(b)], "a", "b")
+    direct = compare_predictions(_preds(_ids(a)), _preds(_ids(b)), "a", "b")
+    assert pooled.p_value == pytest.approx(direct.mcnemar_p, abs=1e-12)
+    assert pooled.p_value == pytest.approx(mcnemar_exact(5, 1), abs=1e-12)
+    assert (pooled.ci_low, pooled.ci_high) == (direct.ci_low, direct.ci_high)
+    assert pooled.difference == pytest.approx(direct.difference)
+    assert pooled.per_seed == [pytest.approx(direct.difference)]
+
+
+def test_seed_pooled_two_seeds_by_hand():
+    # a: two seeds, b: one run (the untrained student is paired with every seed of a).
+    a0 = _ids([True, True, False, True])
+    a1 = _ids([True, False, False, True])
+    b = _ids([False, False, False, True])
+    r = seed_pooled([a0, a1], [b], "a", "b")
+    # per-example means of a: 1, 0.5, 0, 1; differences against b: 1, 0.5, 0, 0.
+    assert (r.n, r.seeds_a, r.seeds_b) == (4, 2, 1)
+    assert r.accuracy_a == pytest.approx(2.5 / 4) and r.accuracy_b == pytest.approx(0.25)
+    assert r.difference == pytest.approx(1.5 / 4)
+    assert r.per_seed == [pytest.approx(0.5), pytest.approx(0.25)]
+    # Exact sign-flip test over the 16 patterns: |mean| >= 1.5/4 holds for +(1 + 0.5) and
+    # -(1 + 0.5) only, each with 4 signs of the two zero differences: 8 of 16.
+    assert r.p_value == pytest.approx(8 / 16)
+    assert r.ci_low <= r.difference <= r.ci_high
+    assert r.seeds_agree and r.to_dict()["seeds_agree"] is True
+    split = seed_pooled([a0, _ids([False, False, False, False])], [b])  # +0.5 and -0.25
+    assert split.per_seed == [pytest.approx(0.5), pytest.approx(-0.25)]
+    assert not split.seeds_agree and split.to_dict()["seeds_agree"] is False
+    # Antisymmetric, and seeds of a model must share their examples.
+    back = seed_pooled([b], [a0, a1], "b", "a")
+    assert back.difference == pytest.approx(-r.difference) and back.p_value == r.p_value
+    with pytest.raises(StatsError, match="its seeds were not scored on the same examples"):
+        seed_pooled([a0, {"q0": True}], [b])
+    with pytest.raises(StatsError, match="not scored on the same examples"):
+        seed_pooled([a0], [{"q9": True}])
+
+
+def test_seed_pooled_random_flips_agree_with_brute_force():
+    import itertools
+    import random
+
+    rng = random.Random(3)
+    a = [_ids([rng.random() < 0.6 for _ in range(12)]) for _ in range(3)]
+    b = [_ids([rng.random() < 0.4 for _ in range(12)]) for _ in range(3)]
+    r = seed_pooled(a, b)
+    d = [sum(x[k] for x in a) / 3 - sum(y[k] for y in b) / 3 for k in sorted(a[0])]
+    obs = abs(sum(d))
+    hits = sum(abs(sum(s * v for s, v in zip(signs, d))) >= obs - 1e-12
+               for signs in itertools.product((1, -1), repeat=len(d)))  # fmt: skip
+    assert r.p_value == pytest.approx(hits / 2 ** len(d))
+    # Seeds paired in order when both have several.
+    assert r.per_seed == [
+        pytest.approx(sum(x.values()) / 12 - sum(y.values()) / 12) for x, y in zip(a, b)
+    ]
