@@ -53,6 +53,8 @@ def combine(folders: list[str | Path], out: str | Path) -> tuple[Path, Path]:
     outp = Path(out)
     if any(outp.resolve() == d.resolve() for d in dirs):
         raise CombineError(f"--out {out} is one of the experiment folders; choose a new one")
+    if (outp / "plan.json").exists():  # its own results.md would be overwritten
+        raise CombineError(f"--out {out} holds an experiment; choose a new folder")
     results = [_load(d) for d in dirs]
     first = results[0]["plan"]
     seeds: list[int] = []

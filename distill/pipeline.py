@@ -132,12 +132,13 @@ def _runs(models: list[ModelResult]) -> dict[str, list[dict]]:
             if m.predictions and Path(m.predictions).is_file()}  # fmt: skip
 
 
-def paired_comparisons(models: list[ModelResult]) -> list:
+def paired_comparisons(models: list[ModelResult], runs: dict | None = None) -> list:
     """Every pair of models evaluated on the same examples: accuracy difference, its paired
-    bootstrap 95% interval and McNemar's exact p (:mod:`distill.stats`)."""
+    bootstrap 95% interval and McNemar's exact p (:mod:`distill.stats`). ``runs``: the
+    models' predictions when already read."""
     from .stats import pairwise
 
-    return pairwise(_runs(models))[0]
+    return pairwise(_runs(models) if runs is None else runs)[0]
 
 
 def shown_pairs(models: list[ModelResult], pairs: list) -> list:
@@ -156,14 +157,16 @@ def shown_pairs(models: list[ModelResult], pairs: list) -> list:
     return [p for p in pairs if keep(p)]
 
 
-def pooled_comparisons(models: list[ModelResult], n_boot: int = 10_000) -> list:
+def pooled_comparisons(
+    models: list[ModelResult], n_boot: int = 10_000, runs: dict | None = None
+) -> list:
     """Every pair of modes on per-example correctness averaged over their seeds
     (:func:`distill.stats.seed_pooled`); empty unless some mode has several seeds."""
     import itertools
 
     from .stats import StatsError, seed_pooled
 
-    runs = _runs(models)
+    runs = _runs(models) if runs is None else runs
     groups: dict[str, list[dict[str, bool]]] = {}
     for m in models:
         if m.name in runs:
@@ -219,7 +222,8 @@ def write_results(
     extra: dict | None = None, test_sha256: str | None = None,
 ) -> tuple[Path, Path]:  # fmt: skip
     """The table (``results.md``) and its data (``results.json``) in ``plan.out``."""
-    pairs, pooled = paired_comparisons(models), pooled_comparisons(models)
+    runs = _runs(models)
+    pairs, pooled = paired_comparisons(models, runs), pooled_comparisons(models, runs=runs)
     shown = shown_pairs(models, pairs)
     md = results_markdown(plan, models, eval_note) + pairs_markdown(shown)
     if len(shown) < len(pairs):

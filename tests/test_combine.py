@@ -13,8 +13,9 @@ IDS = [f"q{i}" for i in range(10)]
 
 def _exp(root: Path, name: str, seeds: list[int], correct: dict, sha: str = "f" * 64,
          **plan_kw) -> Path:  # fmt: skip
-    """A finished experiment folder as run_plan leaves it: results.json and predictions files
-    whose recorded paths are relative to another working folder (found by name)."""
+    """A finished experiment folder as run_plan leaves it: plan.json, results.json and
+    predictions files whose recorded paths are relative to another working folder (found by
+    name)."""
     folder = root / name
     folder.mkdir()
     plan = Plan(task="cqa", data="train.jsonl", out=str(folder), seeds=seeds,
@@ -34,6 +35,7 @@ def _exp(root: Path, name: str, seeds: list[int], correct: dict, sha: str = "f" 
             "dev_accuracy": None if mode == "zero-shot" else 0.5,
             "train_seconds": None if mode == "zero-shot" else 100.0 + seed,
         })  # fmt: skip
+    (folder / "plan.json").write_text(json.dumps(plan.to_dict()))
     (folder / "results.json").write_text(json.dumps({
         "plan": plan.to_dict(), "evaluation": "test file test.jsonl", "test_sha256": sha,
         "extraction": {"n": 6 + seeds[0]}, "models": models, "finished": "2026-12-01",
@@ -93,13 +95,17 @@ def test_combine_two_seed_folders(tmp_path):
         (lambda root: _exp(root, "e1", [1], _correct(1), sha="0" * 64), "another test file"),
         (lambda root: root / "e0", "one of the experiment folders"),
         (lambda root: root / "missing", "no finished experiment"),
+        (lambda root: _exp(root, "e1", [1], _correct(1)), "holds an experiment"),
     ],
 )
 def test_combine_refuses_folders_that_do_not_belong_together(tmp_path, second, match):
     e0 = _exp(tmp_path, "e0", [0], _correct(0))
     other = second(tmp_path)
-    out = tmp_path / "both" if other.name != "e0" else other
-    before = sorted(p.name for p in tmp_path.iterdir())
+    out = other if other.name == "e0" else tmp_path / "both"
+    if match == "holds an experiment":  # another experiment's folder as --out
+        out = _exp(tmp_path, "e2", [2], _correct(2))
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     with pytest.raises(CombineError, match=match):
         combine([e0, other], out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert after == before  # nothing written
