@@ -164,14 +164,13 @@ def pooled_comparisons(
     (:func:`distill.stats.seed_pooled`); empty unless some mode has several seeds."""
     import itertools
 
-    from .stats import StatsError, seed_pooled
+    from .stats import StatsError, correct_by_id, seed_pooled
 
     runs = _runs(models) if runs is None else runs
     groups: dict[str, list[dict[str, bool]]] = {}
     for m in models:
         if m.name in runs:
-            correct = {str(p["id"]): bool(p["correct"]) for p in runs[m.name]}
-            groups.setdefault(m.mode, []).append(correct)
+            groups.setdefault(m.mode, []).append(correct_by_id(runs[m.name], m.name, "correct"))
     if all(len(g) < 2 for g in groups.values()):
         return []
     out = []

@@ -105,7 +105,8 @@ def compare_correct(
     )  # fmt: skip
 
 
-def _by_id(preds: list[dict], name: str, key: str) -> dict[str, bool]:
+def correct_by_id(preds: list[dict], name: str, key: str) -> dict[str, bool]:
+    """``{example id: correct}`` of one prediction list; refuses repeated ids and missing values."""
     out: dict[str, bool] = {}
     for p in preds:
         if "id" not in p or key not in p:
@@ -130,7 +131,7 @@ def compare_predictions(
 ) -> PairedComparison:
     """Paired figures for two per-example prediction lists (``{"id", key}`` records), aligned
     by example id; a :class:`StatsError` when they do not cover the same examples."""
-    ma, mb = _by_id(a, model_a, key), _by_id(b, model_b, key)
+    ma, mb = correct_by_id(a, model_a, key), correct_by_id(b, model_b, key)
     if ma.keys() != mb.keys():
         only_a, only_b = sorted(ma.keys() - mb.keys()), sorted(mb.keys() - ma.keys())
         raise StatsError(
@@ -253,6 +254,7 @@ __all__ = [
     "StatsError",
     "compare_correct",
     "compare_predictions",
+    "correct_by_id",
     "mcnemar_exact",
     "paired_bootstrap_ci",
     "pairwise",
