@@ -7,6 +7,7 @@ the steps after the first (warm-up), reported with the ratio ours / Trainer.
 
     python bench/train_speed.py --steps 12 --batch-size 8          # SmolLM2 pack, CQA, fp32, CPU
     python bench/train_speed.py --steps 12 --batch-size 8 --bf16   # bf16 autocast, both loops
+    python bench/train_speed.py --task esnli --bf16 --freeze-embeddings  # the cpu preset's recipe
 
 Trainer gets its fastest AdamW (``adamw_torch_fused``, as ours) unless ``--trainer-optim``
 says otherwise. Ours also runs a second time with the model's own attention kernel (SDPA)
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from distill.data import default_path, load_task  # noqa: E402
 from distill.features import IGNORE, example_features  # noqa: E402
-from distill.train import TrainConfig, train  # noqa: E402
+from distill.train import TrainConfig, freeze_embeddings, train  # noqa: E402
 from explain.io import atomic_write_text  # noqa: E402
 from explain.models import load_model  # noqa: E402
 
@@ -70,6 +71,8 @@ def trainer_tokens_per_s(loaded, feats, args) -> float:
     model = loaded.model
     for p in model.parameters():
         p.requires_grad_(True)
+    if args.freeze_embeddings:  # Trainer's optimizer takes the parameters that need grad
+        freeze_embeddings(model)
     model.train()
     targs = TrainingArguments(
         output_dir=str(Path(args.out) / "trainer"), max_steps=args.steps,
@@ -103,6 +106,11 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=256)
     ap.add_argument("--chat-template", action="store_true")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast in both loops")
+    ap.add_argument(
+        "--freeze-embeddings",
+        action="store_true",
+        help="both loops keep the token embeddings fixed; ours also runs without",
+    )
     ap.add_argument("--trainer-optim", default="adamw_torch_fused")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "train_speed"))
     args = ap.parse_args()
@@ -119,7 +127,8 @@ def main() -> None:
     cfg = TrainConfig(student=args.student, task=args.task, data=str(data), steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, schedule="constant", dev_size=0,
                       limit=n, eval_every=0, save_every=0, out="", max_len=args.max_len,
-                      chat_template=args.chat_template, bf16=args.bf16)  # fmt: skip
+                      chat_template=args.chat_template, bf16=args.bf16,
+                      freeze_embeddings=args.freeze_embeddings)  # fmt: skip
 
     def ours_tokens_per_s(name: str) -> float:
         records: list[dict] = []
@@ -140,6 +149,10 @@ def main() -> None:
         t_sdpa = ours_tokens_per_s("ours-sdpa")
     finally:
         train_mod.training_attention = keep
+    t_unfrozen = None
+    if args.freeze_embeddings:  # the same loop training the embeddings too
+        cfg.freeze_embeddings = False
+        t_unfrozen = ours_tokens_per_s("ours-unfrozen")
     result = {
         "command": " ".join(sys.argv), "student": args.student, "task": args.task,
         "steps": args.steps, "batch_size": args.batch_size, "max_len": args.max_len,
@@ -149,12 +162,17 @@ def main() -> None:
         "ratio_ours_over_trainer": round(t_ours / t_hf, 3),
         "ours_sdpa_tokens_per_s": round(t_sdpa, 1),
         "ratio_eager_over_sdpa": round(t_ours / t_sdpa, 3),
+        "freeze_embeddings": args.freeze_embeddings,
     }  # fmt: skip
+    if t_unfrozen:
+        result["ours_unfrozen_tokens_per_s"] = round(t_unfrozen, 1)
+        result["ratio_frozen_over_unfrozen"] = round(t_ours / t_unfrozen, 3)
     print(json.dumps(result, indent=1))
     dest = ROOT / "bench" / "results" / "train_speed.json"
     old = json.loads(dest.read_text()) if dest.is_file() else {}
     runs = old if "command" not in old else {}  # the file once held a single fp32 result
     key = result["precision"] if args.task == "cqa" else f"{result['precision']}-{args.task}"
+    key += "-frozen-embeddings" if args.freeze_embeddings else ""
     runs[key] = result
     atomic_write_text(dest, json.dumps(runs, indent=1) + "\n")
 

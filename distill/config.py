@@ -67,6 +67,10 @@ class TrainConfig:
     chat_template: bool = True  # wrap decoder-only prompts in the student's chat template
     llm_rationales: str | None = None  # dss: folder holding llm/; default the data's folder
     eval_batch_size: int | None = None
+    # Keep the token embeddings (and an output head tied to them) fixed: on a CPU their dense
+    # gradient is a third of a SmolLM2 backward (bench/train_speed.py), and a few hundred
+    # examples do not need a new vocabulary.
+    freeze_embeddings: bool = False
 
     def validate(self) -> None:
         try:

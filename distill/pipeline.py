@@ -34,10 +34,12 @@ from pathlib import Path
 from explain.models import LoadedModel, load_model
 
 from .data import Example, data_hash, load_task, split
+from .leaks import describe, repeats
 from .modes import reads_rationales
 from .plan import (
     NEEDS_RATIONALES,
     Plan,
+    PlanError,
     validate,
 )
 from .rationales import target_label
@@ -439,6 +441,10 @@ def run_plan(
     test = None
     if plan.test_data:
         test = load_task(plan.task, plan.test_data, limit=plan.test_limit)
+        pool = [e for tr, dev in splits.values() for e in tr + dev]
+        found = repeats(test, pool)
+        if found:
+            raise PlanError(describe(found, len(test), plan.test_data, plan.data))
         eval_note = f"test file {plan.test_data} (sha256 {data_hash(plan.test_data)[:12]}…)"
     else:
         eval_note = "dev split of the data file (no --test-data given)"

@@ -198,6 +198,14 @@ def training_attention(model, device: torch.device) -> str | None:
     return "eager"
 
 
+def freeze_embeddings(model: torch.nn.Module) -> int:
+    """Fix the input token embeddings, and with them an output head that shares their
+    tensor (an untied head keeps learning). Returns the parameters frozen."""
+    weight = model.get_input_embeddings().weight
+    weight.requires_grad_(False)
+    return weight.numel()
+
+
 def _train(ctx: _Ctx, resumed: bool, train_ex: list, stop) -> dict:
     config, run, accelerator, emit = ctx.config, ctx.run, ctx.accelerator, ctx.emit
     model = ctx.loaded.model
@@ -205,6 +213,8 @@ def _train(ctx: _Ctx, resumed: bool, train_ex: list, stop) -> dict:
     training_attention(model, ctx.accelerator.device)
     for p in model.parameters():  # load_model/prepare freeze parameters for attribution
         p.requires_grad_(True)
+    if config.freeze_embeddings:
+        freeze_embeddings(model)
     pad_id = ctx.loaded.tokenizer.pad_token_id
     enc_dec = ctx.loaded.is_encoder_decoder
     items = encode_items(ctx.loaded, train_ex, config, ctx.rmap)
@@ -218,7 +228,9 @@ def _train(ctx: _Ctx, resumed: bool, train_ex: list, stop) -> dict:
     )
     order = BatchOrder(len(train_ex), config.batch_size, config.seed, lengths,
                        config.length_groups)  # fmt: skip
-    optimizer = adamw(model.parameters(), config, accelerator.device)
+    optimizer = adamw(
+        [p for p in model.parameters() if p.requires_grad], config, accelerator.device
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total))
 
     step, elapsed_before = 0, 0.0

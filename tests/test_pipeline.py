@@ -106,6 +106,23 @@ def test_test_file_and_gold_label(tiny_model_dir, datasets_dir, tmp_path, one_th
     assert (tmp_path / "exp/predictions-saliency-s0.jsonl").read_text().count("\n") == 4
 
 
+def test_test_file_repeating_training_records_is_refused(tiny_model_dir, datasets_dir,
+                                                        tmp_path):  # fmt: skip
+    """A test record equal to a training or dev record in content (case and spacing aside)
+    is refused before any folder or model: ids alone cannot show it (e-SNLI's are line
+    numbers)."""
+    lines = open(datasets_dir / "cqa/cqa_train.json").read().splitlines()
+    repeat = json.loads(lines[1])  # record 2 of the file: inside train+dev (9 records)
+    repeat["id"] = "another-id"
+    repeat["question"] = "  " + repeat["question"].upper() + " "
+    test = tmp_path / "test.jsonl"
+    test.write_text("\n".join([lines[-1], json.dumps(repeat)]) + "\n")
+    plan = _plan(tiny_model_dir, datasets_dir, tmp_path / "exp", test_data=str(test))
+    with pytest.raises(PlanError, match=r"1 of the 2 records .*\(line 2 = .* line 2\)"):
+        run_plan(plan, teacher_loader=lambda spec: pytest.fail("loaded a model"))
+    assert not (tmp_path / "exp").exists()
+
+
 def test_two_seeds_give_seed_averaged_comparisons(tiny_model_dir, datasets_dir, tmp_path,
                                                   one_thread):  # fmt: skip
     test = tmp_path / "test.jsonl"

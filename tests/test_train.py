@@ -356,6 +356,37 @@ def test_stop_and_resume_matches_uninterrupted(tmp_path, family, mode, accum):
         assert torch.allclose(full[k], resumed[k], atol=0, rtol=0), k
 
 
+def test_frozen_embeddings_stay_fixed_and_resume_exactly(tmp_path):
+    """freeze_embeddings: the token embeddings end bit-equal to the loaded model's (the tiny
+    llama's head is untied, so it still learns), and a stopped run resumes to the same model."""
+    kw = dict(steps=6, batch_size=4, save_every=3, lr=5e-3, freeze_embeddings=True)
+    tr.train(config(tmp_path, name="full", **kw), model_loader=tiny_loader())
+    cfg = config(tmp_path, name="resumed", **kw)
+    stop = threading.Event()
+
+    def progress(rec):
+        if rec.get("step") == 4 and "loss" in rec:
+            stop.set()
+
+    assert tr.train(cfg, progress=progress, stop=stop, model_loader=tiny_loader())["status"] == (
+        "stopped"
+    )
+    assert tr.train(cfg, model_loader=tiny_loader())["status"] == "finished"
+    start = tiny.tiny_llama(0).state_dict()
+    full, resumed = _params(tmp_path / "full"), _params(tmp_path / "resumed")
+    emb = "model.embed_tokens.weight"
+    assert torch.equal(full[emb], start[emb])
+    assert not torch.equal(full["lm_head.weight"], start["lm_head.weight"])
+    assert not torch.equal(full["model.layers.0.mlp.up_proj.weight"],
+                           start["model.layers.0.mlp.up_proj.weight"])  # fmt: skip
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+    # The same run without freezing moves the embeddings: the check above can fail.
+    tr.train(config(tmp_path, name="free", **{**kw, "freeze_embeddings": False}),
+             model_loader=tiny_loader())  # fmt: skip
+    assert not torch.equal(_params(tmp_path / "free")[emb], start[emb])
+
+
 def test_kill_then_resume_from_last_checkpoint(tmp_path):
     kw = dict(steps=8, batch_size=4, save_every=3, lr=5e-3)
     tr.train(config(tmp_path, name="full", **kw), model_loader=tiny_loader())
