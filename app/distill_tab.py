@@ -228,6 +228,10 @@ def layout(ctx: AppContext, ui: dict, device: str) -> None:
                     list(TARGETS), value="generated", label="Rationale explains the teacher's "
                     "own answer (generated) or the gold answer (analysis only)",
                 )  # fmt: skip
+                ui["seeds"] = gr.Textbox(
+                    "0", label="Seeds (a student per mode and seed, e.g. 0 1; each seed carves its "
+                    "own dev split)", elem_id="kd-seeds",
+                )  # fmt: skip
                 ui["run_name"] = gr.Textbox(label="Experiment name (optional; the same name "
                                             "and settings resume a stopped job)")  # fmt: skip
             with gr.Row():
@@ -263,7 +267,34 @@ def layout(ctx: AppContext, ui: dict, device: str) -> None:
     )  # fmt: skip
 
 
-def check_form(tsk, src, mds, n, dev, st, ep, k, bs, rate, meth, tgt) -> dict:
+MAX_SEEDS = 8
+
+
+def parse_seeds(value) -> list[int]:
+    """Seeds typed as "0 1" or "0, 1" (the API may send a number or a list): distinct whole
+    numbers, at most :data:`MAX_SEEDS`."""
+    if isinstance(value, bool):
+        raise InputError(f"seeds must be whole numbers like 0 1; got {value!r}")
+    if isinstance(value, int | float):
+        items = [value]
+    elif isinstance(value, list):
+        items = value
+    elif isinstance(value, str):
+        items = [v for v in value.replace(",", " ").split() if v]
+    else:
+        raise InputError(f"seeds must be whole numbers like 0 1; got {type(value).__name__}")
+    if not items:
+        raise InputError("give at least one seed, like 0 or 0 1")
+    seeds = [whole(v, "each seed", 0, 2**31 - 1) for v in items]
+    if len(seeds) > MAX_SEEDS:
+        raise InputError(f"at most {MAX_SEEDS} seeds; got {len(seeds)}")
+    repeated = sorted({x for x in seeds if seeds.count(x) > 1})
+    if repeated:
+        raise InputError(f"each seed once: {', '.join(map(str, repeated))} repeats")
+    return seeds
+
+
+def check_form(tsk, src, mds, n, dev, st, ep, k, bs, rate, meth, tgt, sd="0") -> dict:
     """The form's values checked with one-line messages (the API can send anything)."""
     one_of(tsk, "task", list(TASKS))
     one_of(src, "data source", DATA_SOURCES)
@@ -279,7 +310,7 @@ def check_form(tsk, src, mds, n, dev, st, ep, k, bs, rate, meth, tgt) -> dict:
         "top_k": whole(k, "k", 1, 50), "batch_size": whole(bs, "batch size", 1),
         "lr": positive(rate, "learning rate"),
         "method": one_of(meth, "attribution method", sorted(METHODS)),
-        "target": one_of(tgt, "rationale target", TARGETS),
+        "target": one_of(tgt, "rationale target", TARGETS), "seeds": parse_seeds(sd),
     }  # fmt: skip
 
 
@@ -297,10 +328,10 @@ def wire(ctx: AppContext, ui: dict) -> None:
 
     @guarded("start", 3)
     def on_start(tsk, src, path, up, teacher, student, mds, n, st, k, bs, rate, meth, tgt,
-                 name, dev, ep, preset):  # fmt: skip
+                 name, dev, ep, preset, seeds="0"):  # fmt: skip
         if ctx.jobs.busy:
             raise KDLensError("a job is already running; stop it or wait for it to finish")
-        s = check_form(tsk, src, mds, n, dev, st, ep, k, bs, rate, meth, tgt)
+        s = check_form(tsk, src, mds, n, dev, st, ep, k, bs, rate, meth, tgt, seeds)
         name = text(name, "run name")
         preset = one_of(preset, "preset", list(APP_PRESETS)) if preset else None
         if mds and any(m != "standard" for m in mds):
@@ -318,7 +349,7 @@ def wire(ctx: AppContext, ui: dict) -> None:
         [ui["task"], ui["source"], ui["data_path"], ui["upload"], ui["teacher_dd"],
          ui["student_dd"], ui["modes"], ui["train_size"], ui["steps"], ui["d_k"], ui["batch"],
          ui["lr"], ui["d_method"], ui["target"], ui["run_name"], ui["dev_size"], ui["epochs"],
-         ui["preset"]],
+         ui["preset"], ui["seeds"]],
         [ui["job_md"], ui["timer"], ui["results_md"]], api_name="distill_start",
         concurrency_limit=None, preprocess=False,
     )  # fmt: skip

@@ -231,6 +231,13 @@ def write_results(
         md += (f"\n{len(pairs) - len(shown)} more pairs (two modes at different seeds) are in "
                "results.json.\n")  # fmt: skip
     md += pooled_markdown(pooled)
+    seeds_per_mode = {m.mode: 0 for m in models}
+    for m in models:
+        seeds_per_mode[m.mode] += 1
+    if not pooled and max(seeds_per_mode.values(), default=0) > 1:
+        md += ("\nEach seed was scored on its own dev split, so seeds cannot be paired: no "
+               "seed-averaged comparison. A test file (`--test-data`) scores every seed on the "
+               "same examples.\n")  # fmt: skip
     md_path, json_path = Path(plan.out) / "results.md", Path(plan.out) / "results.json"
     atomic_write_text(md_path, md)
     payload = {

@@ -311,13 +311,13 @@ def test_compare_bad_input_and_unusable_run(world, tmp_path):
 
 
 def start_args(world, source="path", path=None, upload=None, modes=("standard",), steps=4,
-               train=6, dev=2, name=""):  # fmt: skip
+               train=6, dev=2, name="", seeds="0"):  # fmt: skip
     """/distill_start's inputs: task, data source, path, upload, teacher, student, modes,
     training examples, steps, k, batch, lr, method, target, name, dev examples, epochs,
-    preset."""
+    preset, seeds."""
     return ("cqa", source, str(path or world["data"]) if source == "path" else "", upload,
             str(world["model"]), str(world["model"]), list(modes), train, steps, 3, 4, 1e-2,
-            "saliency", "gold", name, dev, 1, "demo")  # fmt: skip
+            "saliency", "gold", name, dev, 1, "demo", seeds)  # fmt: skip
 
 
 def wait_job(c, until: tuple[str, ...], timeout: float = 90) -> str:
@@ -399,6 +399,24 @@ def test_distill_runs_the_pipeline_plan_and_lists_its_stages(world):
     # The same name again is refused (finished), before any job starts.
     md = call(c, "/distill_start", *args)[0]
     assert is_error(md) and "already exists and is finished" in md
+
+
+def test_distill_with_two_seeds_shows_seed_averaged_comparisons(world):
+    c = world["client"]
+    md = call(c, "/distill_start", *start_args(world, name="two-seeds", seeds="0 1", steps=2))[0]
+    assert not is_error(md), md
+    md = wait_job(c, ("finished", "failed", "stopped"))
+    assert md.startswith("**finished**"), md
+    exp = world["runs"] / "two-seeds"
+    assert json.loads((exp / "plan.json").read_text())["seeds"] == [0, 1]
+    assert (exp / "train-standard-s1" / "model").is_dir()
+    labels = [n for n, _ in distill_status.stage_runs(exp)]
+    assert labels == ["standard s0", "standard s1"]
+    out = call(c, "/distill_status", None, [], None, "", "")
+    table = out[-1]
+    assert "| standard | — |" in table and "s0: " in table and "; s1: " in table
+    # Without a test file each seed has its own dev split: nothing to pool, and it says so.
+    assert "Seed-averaged comparisons" not in table and "cannot be paired" in table
 
 
 def test_distill_one_job_at_a_time_and_stop_keeps_a_checkpoint(world):
@@ -546,6 +564,18 @@ def test_plan_and_data_validation(tmp_path, monkeypatch):
 
     assert plan.train_settings == PRESETS["cpu"]["train_settings"]
     assert plan.extract_batch == PRESETS["cpu"]["extract_batch"] and plan.preset == "cpu"
+    assert plan.seeds == [0]  # the form's default
+    two = distill_tab.check_form("cqa", "demo set", ["standard"], 6, 2, 3, 1, 3, 2, 1e-3,
+                                 "saliency", "generated", " 3, 1 ")  # fmt: skip
+    plan = distill_tab.build_plan(tmp_path, "cqa", data, "t", "s", ["standard"], two)
+    assert plan.seeds == [3, 1]
+    assert distill_tab.parse_seeds(7) == [7] and distill_tab.parse_seeds([0, 2]) == [0, 2]
+    for bad, msg in [("", "at least one seed"), ("0 x", "each seed must be a whole number"),
+                     ("-1", "each seed must be a whole number"), ("1 2 1", "1 repeats"),
+                     ("0 1 2 3 4 5 6 7 8", "at most 8 seeds"), (True, "whole numbers"),
+                     ({"a": 1}, "whole numbers")]:  # fmt: skip
+        with pytest.raises(KDLensError, match=msg):
+            distill_tab.parse_seeds(bad)
     with pytest.raises(KDLensError, match="dss needs"):
         distill_tab.build_plan(tmp_path, "cqa", data, "t", "s", ["dss"], form)
     with pytest.raises(KDLensError, match="dev examples must be a whole number"):
@@ -697,6 +727,8 @@ def test_a_link_out_of_the_runs_folder_is_refused(world, tmp_path):
         ("/distill_start", {13: "oracle"}, "unknown rationale target 'oracle'"),
         ("/distill_start", {14: 3}, "run name must be text"),
         ("/distill_start", {2: ["a"], 1: "path"}, "give the path"),
+        ("/distill_start", {18: "0 0"}, "each seed once: 0 repeats"),
+        ("/distill_start", {18: "zero"}, "each seed must be a whole number"),
     ],
 )
 def test_api_only_inputs_get_the_uis_message(world, api, args, expect):

@@ -141,6 +141,8 @@ def test_two_seeds_give_seed_averaged_comparisons(tiny_model_dir, datasets_dir, 
     assert pooled["per_seed"] == [pytest.approx(accs[0] - accs[1]),
                                   pytest.approx(accs[0] - accs[2])]  # fmt: skip
     md = (tmp_path / "exp/results.md").read_text()
+    assert "Seed-averaged comparisons" in md and "cannot be paired" not in md
+    md = (tmp_path / "exp/results.md").read_text()
     assert "Seed-averaged comparisons" in md and "| zero-shot | standard | 4 | 1/2 |" in md
 
 
