@@ -328,6 +328,10 @@ DISTILL_CASES = [
     ("experiment-lr-nan", ["experiment", *D, "--lr", "nan", "--out", "{tmp}/exp"],
      "expected a finite number"),
     ("experiment-mode", ["experiment", *D, "--modes", "magic", "--out", "{tmp}/exp"], "magic"),
+    ("experiment-test-repeats-train",
+     ["experiment", *D, "--modes", "standard", "--dev-size", "2",
+      "--test-data", "{data}/bom.jsonl", "--out", "{tmp}/exp"],
+     "3 of the 3 records of the test file"),
     (
         "experiment-binary",
         ["experiment", *data("binary.jsonl"), "--modes", "standard", "--out", "{tmp}/exp"],
