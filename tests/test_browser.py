@@ -184,6 +184,26 @@ def test_distill_cpu_preset_follows_the_task(page):
     assert size.input_value() == "7"
 
 
+def test_distill_two_seeds_from_the_page(page):
+    """Seeds typed under More settings: one student per seed, both in the results table, and
+    the note that dev-split seeds cannot be pooled."""
+    distill_form(page, train=6, dev=2, steps=2)
+    page.get_by_label("saliency", exact=True).uncheck()  # standard only: half the work
+    page.get_by_text("More settings").click()
+    seeds = page.locator("#kd-seeds textarea, #kd-seeds input").first
+    assert seeds.input_value() == "0"
+    seeds.fill("0 1")
+    page.locator("#kd-start").click()
+    job = page.locator("#kd-job")
+    job.filter(has_text=re.compile(r"^\s*(finished|failed|stopped)")).wait_for(timeout=240_000)
+    assert job.inner_text().lstrip().startswith("finished"), job.inner_text()
+    results = page.locator("#kd-results")
+    results.filter(has_text="cannot be paired").wait_for()
+    row = results.locator("tr", has=page.locator("td", has_text=re.compile("^standard$")))
+    assert re.search(r"s0: .*; s1: ", row.first.inner_text()), row.first.inner_text()
+    shot(page, "distill-two-seeds")
+
+
 def test_distill_demo_set_trains_to_the_results_table(page):
     distill_form(page, train=6, dev=2, steps=2)  # standard and saliency (the tiny teacher)
     page.locator("#kd-start").click()
