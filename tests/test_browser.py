@@ -189,7 +189,7 @@ def test_distill_two_seeds_from_the_page(page):
     the note that dev-split seeds cannot be pooled."""
     distill_form(page, train=6, dev=2, steps=2)
     page.get_by_label("saliency", exact=True).uncheck()  # standard only: half the work
-    page.get_by_text("More settings").click()
+    page.get_by_text("More settings", exact=True).locator("visible=true").first.click()
     seeds = page.locator("#kd-seeds textarea, #kd-seeds input").first
     assert seeds.input_value() == "0"
     seeds.fill("0 1")
