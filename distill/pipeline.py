@@ -27,6 +27,7 @@ import hashlib
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -231,10 +232,7 @@ def write_results(
         md += (f"\n{len(pairs) - len(shown)} more pairs (two modes at different seeds) are in "
                "results.json.\n")  # fmt: skip
     md += pooled_markdown(pooled)
-    seeds_per_mode = {m.mode: 0 for m in models}
-    for m in models:
-        seeds_per_mode[m.mode] += 1
-    if not pooled and max(seeds_per_mode.values(), default=0) > 1:
+    if not pooled and max(Counter(m.mode for m in models).values(), default=0) > 1:
         md += ("\nEach seed was scored on its own dev split, so seeds cannot be paired: no "
                "seed-averaged comparison. A test file (`--test-data`) scores every seed on the "
                "same examples.\n")  # fmt: skip
