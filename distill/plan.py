@@ -47,7 +47,8 @@ class PlanError(KDLensError):
 #      turned seed 1's collapse (0.35) into 0.72 and kept seed 0 at 0.64 (lr 2e-4: 0.62 /
 #      0.54); a check at seed 2 afterwards: 0.58 frozen, 0.34 trained. 4 epochs gave 0.65 /
 #      0.74 but do not fit: a frozen step is only 7-9% faster in the experiment (1.73 and 1.69
-#      against 1.86 s at e-SNLI's lengths), so 4 epochs would take the task to ~46.5 minutes. The e-SNLI run at this preset took 39 min 49 s.
+#      against 1.86 s at e-SNLI's lengths), so 4 epochs would take the task to ~46.5 minutes.
+#      The e-SNLI run at this preset took 39 min 49 s, CQA 41 min 36 s.
 # gpu: one H100/H200-class GPU, full training file, bf16 (TrainConfig bf16="auto").
 # The cpu preset's training examples per task: e-SNLI's 288 scaled by the student's tokens per
 # example (predict + explain pairs, SmolLM2 tokenizer, bare prompts, first 320 records:
