@@ -285,9 +285,9 @@ def parse_seeds(value) -> list[int]:
         raise InputError(f"seeds must be whole numbers like 0 1; got {type(value).__name__}")
     if not items:
         raise InputError("give at least one seed, like 0 or 0 1")
+    if len(items) > MAX_SEEDS:  # before parsing: a pasted megabyte of numbers stops here
+        raise InputError(f"at most {MAX_SEEDS} seeds; got {len(items)}")
     seeds = [whole(v, "each seed", 0, 2**31 - 1) for v in items]
-    if len(seeds) > MAX_SEEDS:
-        raise InputError(f"at most {MAX_SEEDS} seeds; got {len(seeds)}")
     repeated = sorted({x for x in seeds if seeds.count(x) > 1})
     if repeated:
         raise InputError(f"each seed once: {', '.join(map(str, repeated))} repeats")
