@@ -184,6 +184,15 @@ def test_distill_cpu_preset_follows_the_task(page):
     assert size.input_value() == "7"
 
 
+def start_and_finish(page):
+    """Start the Distill job, wait until it ends, check it finished; the results panel."""
+    page.locator("#kd-start").click()
+    job = page.locator("#kd-job")
+    job.filter(has_text=re.compile(r"^\s*(finished|failed|stopped)")).wait_for(timeout=240_000)
+    assert job.inner_text().lstrip().startswith("finished"), job.inner_text()
+    return page.locator("#kd-results")
+
+
 def test_distill_two_seeds_from_the_page(page):
     """Seeds typed under More settings: one student per seed, both in the results table, and
     the note that dev-split seeds cannot be pooled."""
@@ -193,11 +202,7 @@ def test_distill_two_seeds_from_the_page(page):
     seeds = page.locator("#kd-seeds textarea, #kd-seeds input").first
     assert seeds.input_value() == "0"
     seeds.fill("0 1")
-    page.locator("#kd-start").click()
-    job = page.locator("#kd-job")
-    job.filter(has_text=re.compile(r"^\s*(finished|failed|stopped)")).wait_for(timeout=240_000)
-    assert job.inner_text().lstrip().startswith("finished"), job.inner_text()
-    results = page.locator("#kd-results")
+    results = start_and_finish(page)
     results.filter(has_text="cannot be paired").wait_for()
     row = results.locator("tr", has=page.locator("td", has_text=re.compile("^standard$")))
     assert re.search(r"s0: .*; s1: ", row.first.inner_text()), row.first.inner_text()
@@ -206,11 +211,7 @@ def test_distill_two_seeds_from_the_page(page):
 
 def test_distill_demo_set_trains_to_the_results_table(page):
     distill_form(page, train=6, dev=2, steps=2)  # standard and saliency (the tiny teacher)
-    page.locator("#kd-start").click()
-    job = page.locator("#kd-job")
-    job.filter(has_text=re.compile(r"^\s*(finished|failed|stopped)")).wait_for(timeout=240_000)
-    assert job.inner_text().lstrip().startswith("finished"), job.inner_text()
-    results = page.locator("#kd-results")
+    results = start_and_finish(page)
     results.filter(has_text="zero-shot").wait_for()
     for row in ("standard", "saliency"):
         assert results.locator("td", has_text=re.compile(f"^{row}$")).count() == 1
