@@ -119,11 +119,38 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mode", choices=mode_names(), default="standard")
     t.add_argument("--rationales", help="extraction run folder (saliency, hint)")
     t.add_argument("--alpha", type=_finite, default=0.5)
+    t.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="the experiment preset's recipe (epochs, batch size, lr and its training "
+        "settings, distill/plan.py) as defaults; flags given here win",
+    )
     t.add_argument("--steps", type=int)
-    t.add_argument("--epochs", type=_finite)
-    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--epochs", type=_finite, help="default 1, or the preset's")
+    t.add_argument("--batch-size", type=int, help="default 8, or the preset's")
     t.add_argument("--grad-accum", type=int, default=1)
-    t.add_argument("--lr", type=_finite, default=5e-5)
+    t.add_argument("--lr", type=_finite, help="default 5e-5, or the preset's")
+    t.add_argument("--warmup", type=int, help="linear warm-up steps (default 0)")
+    t.add_argument("--schedule", choices=["linear", "constant"], help="after warm-up (linear)")
+    t.add_argument("--weight-decay", type=_finite)
+    t.add_argument("--max-len", type=int, help="tokens per training sequence (default 256)")
+    t.add_argument("--bf16", choices=["auto", "on", "off"], help="mixed precision (auto: GPUs)")
+    t.add_argument(
+        "--chat-template",
+        action=argparse.BooleanOptionalAction,
+        help="wrap prompts in the student's chat template (default on)",
+    )
+    t.add_argument(
+        "--freeze-embeddings",
+        action=argparse.BooleanOptionalAction,
+        help="keep the token embeddings (and a head tied to them) fixed",
+    )
+    t.add_argument(
+        "--freeze-layers",
+        type=int,
+        help="also keep the lowest N transformer blocks fixed (cheaper backward)",
+    )
+    t.add_argument("--length-groups", type=int, help="batch by length within runs of N")
     t.add_argument("--dev-limit", type=int, default=200)
     t.add_argument("--eval-every", type=int, default=50)
     t.add_argument("--save-every", type=int, default=50)

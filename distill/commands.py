@@ -257,6 +257,30 @@ def cmd_combine(args: argparse.Namespace) -> int:
     return 0
 
 
+# `distill train` flags that map one to one onto TrainConfig fields (None: not given).
+RECIPE_FLAGS = ("epochs", "batch_size", "lr", "warmup", "schedule", "weight_decay", "max_len",
+                "chat_template", "freeze_embeddings", "freeze_layers", "length_groups")  # fmt: skip
+
+
+def recipe_settings(args: argparse.Namespace) -> dict:
+    """The training recipe: TrainConfig's defaults, then ``--preset``'s (as the experiment
+    uses them), then the flags given. A preset's epochs yield to an explicit ``--steps``."""
+    from .plan import PRESETS
+
+    out: dict = {}
+    if getattr(args, "preset", None):
+        preset = PRESETS[args.preset]
+        out = {k: preset[k] for k in ("batch_size", "lr", "epochs")}
+        out.update(preset.get("train_settings") or {})
+        if args.steps:
+            out.pop("epochs")
+    out.update({k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k, None) is not None})
+    bf16 = getattr(args, "bf16", None)
+    if bf16 is not None:
+        out["bf16"] = {"auto": "auto", "on": True, "off": False}[bf16]
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
@@ -269,11 +293,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         rationales=args.rationales,
         alpha=args.alpha,
         steps=args.steps,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
         grad_accum=args.grad_accum,
-        lr=args.lr,
         seed=args.seed,
+        **recipe_settings(args),
         dev_size=args.dev_size,
         dev_limit=args.dev_limit,
         limit=args.limit,

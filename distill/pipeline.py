@@ -350,12 +350,15 @@ def train_config(plan: Plan, mode: str, seed: int):
 
 def _train_stage(plan, mode, seed, progress, stop, model_loader) -> dict:
     """Train one mode at one seed; a finished run with the same settings is reused."""
+    from .config import record_defaults
     from .train import train
 
     cfg = train_config(plan, mode, seed)
     run = RunDir(cfg.out)
     if run.is_finished:
-        same = (run.config().get("settings") or {}) == json.loads(json.dumps(asdict(cfg)))
+        # A setting the run's record lacks was added later: it ran with that setting's default.
+        old = {**record_defaults()["settings"], **(run.config().get("settings") or {})}
+        same = json.loads(json.dumps(old)) == json.loads(json.dumps(asdict(cfg)))
         if not same:
             raise RunError(f"run {run.path} is finished with other settings; use another --out")
         return dict(run.summary() or {}, status="finished", cached=True)

@@ -141,13 +141,17 @@ def _comparable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in RESUME_FREE_KEYS}
 
 
-def _differences(old: dict, new: dict) -> list[str]:
-    """Keys whose values differ, one level into nested dicts (``settings.lr``)."""
+def _differences(old: dict, new: dict, defaults: dict | None = None) -> list[str]:
+    """Keys whose values differ, one level into nested dicts (``settings.lr``). A nested key
+    the old record lacks counts as ``defaults[key][sub]``: a setting added after the run was
+    made, whose default keeps the old behaviour."""
     out = []
     for k in sorted(set(old) | set(new)):
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += [f"{k}.{sub}" for sub in sorted(set(a) | set(b)) if a.get(sub) != b.get(sub)]
+            d = (defaults or {}).get(k) or {}
+            out += [f"{k}.{sub}" for sub in sorted(set(a) | set(b))
+                    if a.get(sub, d.get(sub)) != b.get(sub)]  # fmt: skip
         elif a != b:
             out.append(k)
     return out
@@ -242,15 +246,18 @@ class RunDir:
     def metrics(self) -> list[dict]:
         return read_jsonl(self.metrics_path)
 
-    def check(self, config: dict) -> bool:
-        """Raise as :meth:`create` would, writing nothing; True when it would resume."""
+    def check(self, config: dict, defaults: dict | None = None) -> bool:
+        """Raise as :meth:`create` would, writing nothing; True when it would resume.
+        ``defaults``: values of nested settings an older record lacks (:func:`_differences`)."""
         config = _normalise(dict(config))
         if self.is_finished:
             raise RunError(
                 f"run {self.name!r} is finished and is never overwritten; choose another name"
             )
         if self.exists:
-            diff = _differences(_comparable(self.config()), _comparable(config))
+            diff = _differences(
+                _comparable(self.config()), _comparable(config), _normalise(defaults or {})
+            )
             if diff:
                 raise RunError(
                     f"run {self.name!r} exists, unfinished, with other settings "
@@ -261,12 +268,12 @@ class RunDir:
             raise RunError(f"{self.path} exists and is not a run folder; choose another name")
         return False
 
-    def create(self, config: dict) -> bool:
+    def create(self, config: dict, defaults: dict | None = None) -> bool:
         """Start the run, or reopen it to resume. Returns True when resuming.
 
         Refuses a finished run, and an unfinished one whose settings differ.
         """
-        if self.check(config):
+        if self.check(config, defaults):
             return True
         config = _normalise(dict(config))
         config.setdefault("versions", versions())

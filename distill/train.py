@@ -42,6 +42,7 @@ from .config import (
     TrainError,
     lr_lambda,
     rationale_source,
+    record_defaults,
     run_path,
     run_record,
     total_steps,
@@ -146,7 +147,8 @@ def train(
     run = RunDir(run_path(config))
     record = run_record(config, data_hash(config.data), len(train_ex), len(dev_ex))
     state = PartialState(cpu=not torch.cuda.is_available())
-    run.check(record)  # a finished run or other settings: refuse before loading the model
+    defaults = record_defaults()
+    run.check(record, defaults)  # a finished run or other settings: refuse before loading
     accelerator = _accelerator()
     set_seed(config.seed)
     emit({"stage": "loading", "message": f"loading {config.student}", "run_dir": str(run.path)})
@@ -154,8 +156,10 @@ def train(
         config.student, device=accelerator.device, dtype="fp32",
         use_chat_template=config.chat_template,
     )  # fmt: skip
+    if config.freeze_layers:  # a count the student cannot take: refuse before any folder
+        blocks_to_freeze(loaded.model, config.freeze_layers)
     # The run folder appears only once data, rationales and the model have loaded.
-    resumed = run.create(record) if state.is_main_process else True
+    resumed = run.create(record, defaults) if state.is_main_process else True
     state.wait_for_everyone()
     if state.is_main_process:
         run.set_status("running")
@@ -206,6 +210,39 @@ def freeze_embeddings(model: torch.nn.Module) -> int:
     return weight.numel()
 
 
+def transformer_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder's stack of blocks: the module list as long as the config's layer count
+    (``model.layers`` in Llama/Qwen, ``transformer.h`` in GPT-2)."""
+    cfg = model.config
+    if getattr(cfg, "is_encoder_decoder", False):
+        raise TrainError("freeze_layers works with decoder-only students only")
+    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
+    if not n or len(lists) != 1:
+        raise TrainError(f"cannot find the transformer blocks of {type(model).__name__}")
+    return lists[0]
+
+
+def blocks_to_freeze(model: torch.nn.Module, n: int) -> torch.nn.ModuleList:
+    """The student's blocks, refusing ``n`` beyond their number."""
+    blocks = transformer_blocks(model)
+    if n > len(blocks):
+        raise TrainError(f"freeze_layers is {n} but the student has {len(blocks)} blocks")
+    return blocks
+
+
+def freeze_layers(model: torch.nn.Module, n: int) -> int:
+    """Fix the embeddings and the lowest ``n`` transformer blocks; returns the parameters
+    frozen. Nothing below block ``n`` then needs a gradient, so backward stops there."""
+    blocks = blocks_to_freeze(model, n)
+    frozen = freeze_embeddings(model)
+    for block in list(blocks)[:n]:
+        for p in block.parameters():
+            frozen += p.numel() * p.requires_grad
+            p.requires_grad_(False)
+    return frozen
+
+
 def _train(ctx: _Ctx, resumed: bool, train_ex: list, stop) -> dict:
     config, run, accelerator, emit = ctx.config, ctx.run, ctx.accelerator, ctx.emit
     model = ctx.loaded.model
@@ -213,7 +250,9 @@ def _train(ctx: _Ctx, resumed: bool, train_ex: list, stop) -> dict:
     training_attention(model, ctx.accelerator.device)
     for p in model.parameters():  # load_model/prepare freeze parameters for attribution
         p.requires_grad_(True)
-    if config.freeze_embeddings:
+    if config.freeze_layers:
+        freeze_layers(model, config.freeze_layers)
+    elif config.freeze_embeddings:
         freeze_embeddings(model)
     pad_id = ctx.loaded.tokenizer.pad_token_id
     enc_dec = ctx.loaded.is_encoder_decoder

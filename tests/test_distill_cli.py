@@ -273,3 +273,33 @@ def test_train_refuses_non_finite_numbers(flag, value, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and "finite number" in capsys.readouterr().err
+
+
+def test_train_preset_recipe_and_flags(model_dir, datasets_dir, tmp_path, capsys):
+    """`distill train --preset cpu` trains with the experiment's recipe; flags given win; a
+    freeze count the student cannot take is one line, before any run folder."""
+    data = str(datasets_dir / "cqa/cqa_train.json")
+    base = ["train", "--student", model_dir, "--task", "cqa", "--data", data, "--limit", "8",
+            "--dev-size", "2", "--dev-limit", "2", "--eval-every", "0"]  # fmt: skip
+    argv = base + ["--preset", "cpu", "--steps", "2", "--lr", "1e-3", "--freeze-layers", "1"]
+    assert main(argv + ["--out-dir", str(tmp_path / "a")]) == 0, capsys.readouterr().err
+    got = json.loads((tmp_path / "a/config.json").read_text())["settings"]
+    assert got["lr"] == 1e-3 and got["steps"] == 2 and got["epochs"] is None  # flags win
+    assert got["batch_size"] == 8 and got["warmup"] == 5 and got["bf16"] is True
+    assert got["chat_template"] is False and got["freeze_embeddings"] is True
+    assert got["freeze_layers"] == 1
+    capsys.readouterr()
+    # Without --preset: TrainConfig's defaults; --no-chat-template and --bf16 off map through.
+    argv = base + ["--steps", "1", "--no-chat-template", "--bf16", "off", "--warmup", "2"]
+    assert main(argv + ["--out-dir", str(tmp_path / "b")]) == 0, capsys.readouterr().err
+    got = json.loads((tmp_path / "b/config.json").read_text())["settings"]
+    assert (got["lr"], got["batch_size"], got["freeze_embeddings"]) == (5e-5, 8, False)
+    assert got["chat_template"] is False and got["bf16"] is False and got["warmup"] == 2
+    capsys.readouterr()
+    for flag, msg in (("9", "the student has 2 blocks"), ("-1", "must not be negative")):
+        rc = main(base + ["--freeze-layers", flag, "--out-dir", str(tmp_path / "c")])
+        err = capsys.readouterr().err  # (9 is found once the model loaded: a bar precedes it)
+        last = err.strip().splitlines()[-1]
+        assert rc == 2 and last.startswith("error: ") and msg in last, err
+        assert "Traceback" not in err
+        assert not (tmp_path / "c").exists()

@@ -82,6 +82,15 @@ def test_run_plan_end_to_end_and_resume(tiny_model_dir, datasets_dir, tmp_path, 
     with pytest.raises(RunError, match="top_k"):
         run_plan(_plan(tiny_model_dir, datasets_dir, tmp_path / "exp", top_k=3))
 
+    # A finished run recorded before a training setting existed is still reused: the setting
+    # reads as its default (without that rule: "finished with other settings").
+    path = tmp_path / "exp/train-standard-s0/config.json"
+    record = json.loads(path.read_text())
+    del record["settings"]["freeze_layers"]
+    path.write_text(json.dumps(record))
+    third = run_plan(plan)
+    assert {m.name: m for m in third.models}["standard-s0"].cached
+
 
 def test_test_file_and_gold_label(tiny_model_dir, datasets_dir, tmp_path, one_thread):
     test = tmp_path / "test.jsonl"

@@ -356,10 +356,12 @@ def test_stop_and_resume_matches_uninterrupted(tmp_path, family, mode, accum):
         assert torch.allclose(full[k], resumed[k], atol=0, rtol=0), k
 
 
-def test_frozen_embeddings_stay_fixed_and_resume_exactly(tmp_path):
+@pytest.mark.parametrize("freeze", [{"freeze_embeddings": True}, {"freeze_layers": 1}])
+def test_frozen_parameters_stay_fixed_and_resume_exactly(tmp_path, freeze):
     """freeze_embeddings: the token embeddings end bit-equal to the loaded model's (the tiny
-    llama's head is untied, so it still learns), and a stopped run resumes to the same model."""
-    kw = dict(steps=6, batch_size=4, save_every=3, lr=5e-3, freeze_embeddings=True)
+    llama's head is untied, so it still learns); freeze_layers=1 fixes block 0 as well. A
+    stopped run resumes to the same model."""
+    kw = dict(steps=6, batch_size=4, save_every=3, lr=5e-3, **freeze)
     tr.train(config(tmp_path, name="full", **kw), model_loader=tiny_loader())
     cfg = config(tmp_path, name="resumed", **kw)
     stop = threading.Event()
@@ -374,17 +376,54 @@ def test_frozen_embeddings_stay_fixed_and_resume_exactly(tmp_path):
     assert tr.train(cfg, model_loader=tiny_loader())["status"] == "finished"
     start = tiny.tiny_llama(0).state_dict()
     full, resumed = _params(tmp_path / "full"), _params(tmp_path / "resumed")
-    emb = "model.embed_tokens.weight"
+    emb, block0 = "model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight"
     assert torch.equal(full[emb], start[emb])
     assert not torch.equal(full["lm_head.weight"], start["lm_head.weight"])
-    assert not torch.equal(full["model.layers.0.mlp.up_proj.weight"],
-                           start["model.layers.0.mlp.up_proj.weight"])  # fmt: skip
+    assert not torch.equal(full["model.layers.1.mlp.up_proj.weight"],
+                           start["model.layers.1.mlp.up_proj.weight"])  # fmt: skip
+    fixed = [k for k in start if torch.equal(full[k], start[k])]
+    if "freeze_layers" in freeze:
+        block0_keys = [k for k in start if k.startswith("model.layers.0.")]
+        assert sorted(fixed) == sorted([emb, *block0_keys])
+    else:
+        assert fixed == [emb]
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
-    # The same run without freezing moves the embeddings: the check above can fail.
-    tr.train(config(tmp_path, name="free", **{**kw, "freeze_embeddings": False}),
+    # The same run without freezing moves the embeddings and block 0: the checks can fail.
+    tr.train(config(tmp_path, name="free", steps=6, batch_size=4, lr=5e-3),
              model_loader=tiny_loader())  # fmt: skip
-    assert not torch.equal(_params(tmp_path / "free")[emb], start[emb])
+    free = _params(tmp_path / "free")
+    assert not torch.equal(free[emb], start[emb]) and not torch.equal(free[block0], start[block0])
+
+
+def test_freeze_layers_stops_backward_below_the_trained_blocks():
+    """With block 0 and the embeddings fixed, block 0's output carries no autograd graph, so
+    backward never enters it (the speed-up); block 1's output does."""
+    model = tiny.tiny_llama(0)
+    n = tr.freeze_layers(model, 1)
+    blocks = tr.transformer_blocks(model)
+    assert n == sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    assert n == model.get_input_embeddings().weight.numel() + sum(
+        p.numel() for p in blocks[0].parameters()
+    )
+    seen = {}
+    for i, block in enumerate(blocks):
+        block.register_forward_hook(
+            lambda m, a, out, i=i: seen.__setitem__(i, (out[0] if isinstance(out, tuple) else out))
+        )
+    model(input_ids=torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    assert not seen[0].requires_grad and seen[1].requires_grad
+    assert all(p.grad is None for p in blocks[0].parameters())
+    assert all(p.grad is not None for p in blocks[1].parameters())
+
+
+def test_freeze_layers_bad_values():
+    with pytest.raises(tr.TrainError, match="has 2 blocks"):
+        tr.freeze_layers(tiny.tiny_llama(0), 3)
+    with pytest.raises(tr.TrainError, match="decoder-only"):
+        tr.freeze_layers(tiny.tiny_t5(0), 1)
+    with pytest.raises(tr.TrainError, match="must not be negative"):
+        tr.TrainConfig(student="s", task="cqa", data="d", freeze_layers=-1).validate()
 
 
 def test_kill_then_resume_from_last_checkpoint(tmp_path):
@@ -415,6 +454,24 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     tr.train(config(tmp_path, steps=5), stop=stop, model_loader=tiny_loader())
     with pytest.raises(RunError, match=r"other settings \(settings\.lr\)"):
         tr.train(config(tmp_path, steps=5, lr=1e-3), model_loader=tiny_loader())
+
+
+def test_run_recorded_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    """A run stopped before freeze_layers/freeze_embeddings existed (its record lacks them)
+    resumes when they keep their defaults, and is refused when one is set otherwise."""
+    stop = threading.Event()
+    stop.set()
+    for name in ("old", "old2"):
+        tr.train(config(tmp_path, name=name, steps=5), stop=stop, model_loader=tiny_loader())
+        path = tmp_path / name / "config.json"
+        record = json.loads(path.read_text())
+        del record["settings"]["freeze_layers"], record["settings"]["freeze_embeddings"]
+        path.write_text(json.dumps(record))
+    summary = tr.train(config(tmp_path, name="old", steps=5), model_loader=tiny_loader())
+    assert summary["status"] == "finished"
+    with pytest.raises(RunError, match=r"other settings \(settings\.freeze_layers\)"):
+        tr.train(config(tmp_path, name="old2", steps=5, freeze_layers=1),
+                 model_loader=tiny_loader())  # fmt: skip
 
 
 def test_model_load_error_leaves_no_run_folder(tmp_path):
