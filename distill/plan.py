@@ -48,7 +48,10 @@ class PlanError(KDLensError):
 #      0.54); a check at seed 2 afterwards: 0.58 frozen, 0.34 trained. 4 epochs gave 0.65 /
 #      0.74 but do not fit: a frozen step is only 7-9% faster in the experiment (1.73 and 1.69
 #      against 1.86 s at e-SNLI's lengths), so 4 epochs would take the task to ~46.5 minutes.
-#      The e-SNLI run at this preset took 39 min 49 s, CQA 41 min 36 s.
+#      The e-SNLI run at this preset took 39 min 49 s, CQA 41 min 36 s; at seed 1 e-SNLI
+#      45 min 18 s (each stage 12-19% slower: this machine's speed varies), CQA 43 min 26 s.
+#      Freezing the lowest blocks too (freeze_layers) cut a step but not the learning's cost:
+#      15 of 30 blocks, 4 epochs (about 3 epochs' time): 0.62 / 0.59 at seeds 0 and 1.
 # gpu: one H100/H200-class GPU, full training file, bf16 (TrainConfig bf16="auto").
 # The cpu preset's training examples per task: e-SNLI's 288 scaled by the student's tokens per
 # example (predict + explain pairs, SmolLM2 tokenizer, bare prompts, first 320 records:
