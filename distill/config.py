@@ -75,6 +75,10 @@ class TrainConfig:
     # nothing trainable below them, backward stops at block N, so a step costs less.
     freeze_layers: int = 0
 
+    def __post_init__(self) -> None:
+        if self.freeze_layers:  # the record then says what was frozen
+            self.freeze_embeddings = True
+
     def validate(self) -> None:
         try:
             mode = get_mode(self.mode)

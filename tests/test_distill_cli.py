@@ -290,10 +290,11 @@ def test_train_preset_recipe_and_flags(model_dir, datasets_dir, tmp_path, capsys
     assert got["freeze_layers"] == 1
     capsys.readouterr()
     # Without --preset: TrainConfig's defaults; --no-chat-template and --bf16 off map through.
-    argv = base + ["--steps", "1", "--no-chat-template", "--bf16", "off", "--warmup", "2"]
+    argv = base + ["--steps", "1", "--no-chat-template", "--bf16", "off", "--warmup", "2",
+                   "--freeze-layers", "1"]  # fmt: skip
     assert main(argv + ["--out-dir", str(tmp_path / "b")]) == 0, capsys.readouterr().err
     got = json.loads((tmp_path / "b/config.json").read_text())["settings"]
-    assert (got["lr"], got["batch_size"], got["freeze_embeddings"]) == (5e-5, 8, False)
+    assert (got["lr"], got["batch_size"], got["freeze_embeddings"]) == (5e-5, 8, True)
     assert got["chat_template"] is False and got["bf16"] is False and got["warmup"] == 2
     capsys.readouterr()
     for flag, msg in (("9", "the student has 2 blocks"), ("-1", "must not be negative")):

@@ -424,6 +424,9 @@ def test_freeze_layers_bad_values():
         tr.freeze_layers(tiny.tiny_t5(0), 1)
     with pytest.raises(tr.TrainError, match="must not be negative"):
         tr.TrainConfig(student="s", task="cqa", data="d", freeze_layers=-1).validate()
+    # Freezing blocks freezes the embeddings under them, and the record says so.
+    assert tr.TrainConfig(student="s", task="cqa", data="d", freeze_layers=2).freeze_embeddings
+    assert not tr.TrainConfig(student="s", task="cqa", data="d").freeze_embeddings
 
 
 def test_kill_then_resume_from_last_checkpoint(tmp_path):
@@ -469,7 +472,7 @@ def test_run_recorded_before_a_setting_existed_resumes_with_its_default(tmp_path
         path.write_text(json.dumps(record))
     summary = tr.train(config(tmp_path, name="old", steps=5), model_loader=tiny_loader())
     assert summary["status"] == "finished"
-    with pytest.raises(RunError, match=r"other settings \(settings\.freeze_layers\)"):
+    with pytest.raises(RunError, match=r"\(settings\.freeze_embeddings, settings\.freeze_layers\)"):
         tr.train(config(tmp_path, name="old2", steps=5, freeze_layers=1),
                  model_loader=tiny_loader())  # fmt: skip
 
