@@ -44,7 +44,15 @@ from .plan import (
     validate,
 )
 from .rationales import target_label
-from .runs import RunDir, RunError, atomic_write_json, atomic_write_text, check_writable, read_json
+from .runs import (
+    RunDir,
+    RunError,
+    atomic_write_json,
+    atomic_write_text,
+    check_writable,
+    differences,
+    read_json,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Results
@@ -356,11 +364,13 @@ def _train_stage(plan, mode, seed, progress, stop, model_loader) -> dict:
     cfg = train_config(plan, mode, seed)
     run = RunDir(cfg.out)
     if run.is_finished:
-        # A setting the run's record lacks was added later: it ran with that setting's default.
-        old = {**record_defaults()["settings"], **(run.config().get("settings") or {})}
-        same = json.loads(json.dumps(old)) == json.loads(json.dumps(asdict(cfg)))
-        if not same:
-            raise RunError(f"run {run.path} is finished with other settings; use another --out")
+        # The resume rule: a setting the run's record lacks reads as its default.
+        diff = differences({"settings": run.config().get("settings") or {}},
+                           {"settings": json.loads(json.dumps(asdict(cfg)))},
+                           json.loads(json.dumps(record_defaults())))  # fmt: skip
+        if diff:
+            raise RunError(f"run {run.path} is finished with other settings "
+                           f"({', '.join(diff)}); use another --out")  # fmt: skip
         return dict(run.summary() or {}, status="finished", cached=True)
     return train(cfg, progress=progress, stop=stop, model_loader=model_loader)
 

@@ -141,7 +141,7 @@ def _comparable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in RESUME_FREE_KEYS}
 
 
-def _differences(old: dict, new: dict, defaults: dict | None = None) -> list[str]:
+def differences(old: dict, new: dict, defaults: dict | None = None) -> list[str]:
     """Keys whose values differ, one level into nested dicts (``settings.lr``). A nested key
     the old record lacks counts as ``defaults[key][sub]``: a setting added after the run was
     made, whose default keeps the old behaviour."""
@@ -248,14 +248,14 @@ class RunDir:
 
     def check(self, config: dict, defaults: dict | None = None) -> bool:
         """Raise as :meth:`create` would, writing nothing; True when it would resume.
-        ``defaults``: values of nested settings an older record lacks (:func:`_differences`)."""
+        ``defaults``: values of nested settings an older record lacks (:func:`differences`)."""
         config = _normalise(dict(config))
         if self.is_finished:
             raise RunError(
                 f"run {self.name!r} is finished and is never overwritten; choose another name"
             )
         if self.exists:
-            diff = _differences(
+            diff = differences(
                 _comparable(self.config()), _comparable(config), _normalise(defaults or {})
             )
             if diff:

@@ -90,6 +90,11 @@ def test_run_plan_end_to_end_and_resume(tiny_model_dir, datasets_dir, tmp_path, 
     path.write_text(json.dumps(record))
     third = run_plan(plan)
     assert {m.name: m for m in third.models}["standard-s0"].cached
+    # A finished stage made with another setting is refused, naming it, never reused.
+    record["settings"]["lr"] = 0.5
+    path.write_text(json.dumps(record))
+    with pytest.raises(RunError, match=r"finished with other settings \(settings\.lr\)"):
+        run_plan(plan)
 
 
 def test_test_file_and_gold_label(tiny_model_dir, datasets_dir, tmp_path, one_thread):
