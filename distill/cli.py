@@ -115,20 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="fine-tune a student")
     data_args(t)
+    t.set_defaults(dev_size=None)  # TrainConfig's 0.1, or the preset's
     t.add_argument("--student", default=DEFAULT_STUDENT)
     t.add_argument("--mode", choices=mode_names(), default="standard")
     t.add_argument("--rationales", help="extraction run folder (saliency, hint)")
-    t.add_argument("--alpha", type=_finite, default=0.5)
+    t.add_argument("--alpha", type=_finite, help="label-loss weight of multi-task modes (0.5)")
     t.add_argument(
         "--preset",
         choices=list(PRESETS),
-        help="the experiment preset's recipe (epochs, batch size, lr and its training "
-        "settings, distill/plan.py) as defaults; flags given here win",
+        help="the student the experiment trains at this preset, as defaults: its recipe "
+        "(distill/plan.py) and records (--limit, --dev-size, --dev-limit); flags given win",
     )
     t.add_argument("--steps", type=int)
     t.add_argument("--epochs", type=_finite, help="default 1, or the preset's")
     t.add_argument("--batch-size", type=int, help="default 8, or the preset's")
-    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--grad-accum", type=int, help="micro-batches per step (1)")
     t.add_argument("--lr", type=_finite, help="default 5e-5, or the preset's")
     t.add_argument("--warmup", type=int, help="linear warm-up steps (default 0)")
     t.add_argument("--schedule", choices=["linear", "constant"], help="after warm-up (linear)")
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also keep the lowest N transformer blocks fixed (cheaper backward)",
     )
     t.add_argument("--length-groups", type=int, help="batch by length within runs of N")
-    t.add_argument("--dev-limit", type=int, default=200)
+    t.add_argument("--dev-limit", type=int, help="dev examples evaluated (200, or the preset's)")
     t.add_argument("--eval-every", type=int, default=50)
     t.add_argument("--save-every", type=int, default=50)
     out_args(t)

@@ -7,6 +7,7 @@ The parser lives in :mod:`distill.cli`; these functions turn its arguments into 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -259,21 +260,27 @@ def cmd_combine(args: argparse.Namespace) -> int:
 
 # `distill train` flags that map one to one onto TrainConfig fields (None: not given).
 RECIPE_FLAGS = ("epochs", "batch_size", "lr", "warmup", "schedule", "weight_decay", "max_len",
-                "chat_template", "freeze_embeddings", "freeze_layers", "length_groups")  # fmt: skip
+                "chat_template", "freeze_embeddings", "freeze_layers", "length_groups", "alpha",
+                "grad_accum", "limit", "dev_size", "dev_limit")  # fmt: skip
+# What a preset does not decide: the run's identity, where it goes and how often it reports.
+_NOT_FROM_PRESET = {"student", "task", "data", "mode", "seed", "rationales", "llm_rationales",
+                    "out", "steps", "eval_every", "save_every"}  # fmt: skip
 
 
 def recipe_settings(args: argparse.Namespace) -> dict:
-    """The training recipe: TrainConfig's defaults, then ``--preset``'s (as the experiment
-    uses them), then the flags given. A preset's epochs yield to an explicit ``--steps``."""
-    from .plan import PRESETS
-
+    """TrainConfig fields from ``distill train``'s flags. With ``--preset``, the base is the
+    student the experiment trains for this task, mode and seed (its recipe, and the same
+    records: read limit and dev split); flags given win, and ``--steps`` drops its epochs."""
     out: dict = {}
     if getattr(args, "preset", None):
-        preset = PRESETS[args.preset]
-        out = {k: preset[k] for k in ("batch_size", "lr", "epochs")}
-        out.update(preset.get("train_settings") or {})
+        from .pipeline import train_config
+        from .plan import make_plan
+
+        plan = make_plan(args.task, "", args.preset, student=args.student, data=args.data)
+        experiment = dataclasses.asdict(train_config(plan, args.mode, args.seed))
+        out = {k: v for k, v in experiment.items() if k not in _NOT_FROM_PRESET}
         if args.steps:
-            out.pop("epochs")
+            out["epochs"] = None
     out.update({k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k, None) is not None})
     bf16 = getattr(args, "bf16", None)
     if bf16 is not None:
@@ -291,17 +298,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         data=args.data,
         mode=args.mode,
         rationales=args.rationales,
-        alpha=args.alpha,
         steps=args.steps,
-        grad_accum=args.grad_accum,
         seed=args.seed,
-        **recipe_settings(args),
-        dev_size=args.dev_size,
-        dev_limit=args.dev_limit,
-        limit=args.limit,
         eval_every=args.eval_every,
         save_every=args.save_every,
         out=str(run_out(args)),  # absolute: TrainConfig takes it as the folder itself
+        **recipe_settings(args),
     )
 
     def progress(p: dict) -> None:

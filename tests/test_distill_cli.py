@@ -5,6 +5,7 @@ import json
 import pytest
 
 from distill.cli import main
+from distill.tasks import get_task
 
 
 @pytest.fixture
@@ -288,6 +289,7 @@ def test_train_preset_recipe_and_flags(model_dir, datasets_dir, tmp_path, capsys
     assert got["batch_size"] == 8 and got["warmup"] == 5 and got["bf16"] is True
     assert got["chat_template"] is False and got["freeze_embeddings"] is True
     assert got["freeze_layers"] == 1
+    assert (got["limit"], got["dev_size"], got["dev_limit"]) == (8, 2, 2)  # sizes given win
     capsys.readouterr()
     # Without --preset: TrainConfig's defaults; --no-chat-template and --bf16 off map through.
     argv = base + ["--steps", "1", "--no-chat-template", "--bf16", "off", "--warmup", "2",
@@ -304,3 +306,35 @@ def test_train_preset_recipe_and_flags(model_dir, datasets_dir, tmp_path, capsys
         assert rc == 2 and last.startswith("error: ") and msg in last, err
         assert "Traceback" not in err
         assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("task,mode,seed", [("esnli", "standard", 0), ("cqa", "random", 1)])
+def test_train_preset_is_the_experiments_student(model_dir, datasets_dir, task, mode, seed):
+    """`distill train --preset cpu` gets the TrainConfig the experiment trains for that task,
+    mode and seed: its recipe and its records (read limit = train + dev, dev split); only the
+    run folder, rationales and report cadence are the command's own."""
+    from dataclasses import asdict
+
+    from distill.cli import build_parser
+    from distill.commands import recipe_settings
+    from distill.pipeline import train_config
+    from distill.plan import make_plan, preset_train_size
+
+    data = str(datasets_dir / get_task(task).data_file)
+    argv = ["train", "--student", model_dir, "--task", task, "--data", data, "--preset", "cpu",
+            "--mode", mode, "--seed", str(seed), "--out", "x"]  # fmt: skip
+    got = recipe_settings(build_parser().parse_args(argv))
+    plan = make_plan(task, "y", "cpu", student=model_dir, data=data)
+    want = asdict(train_config(plan, mode, seed))
+    own = {"student", "task", "data", "mode", "seed", "rationales", "out", "steps", "eval_every",
+           "save_every", "llm_rationales"}  # fmt: skip
+    assert {k: got.get(k) for k in want if k not in own} == {
+        k: v for k, v in want.items() if k not in own
+    }
+    # The values themselves (a change to the preset must show up here too).
+    assert got["limit"] == preset_train_size("cpu", task) + 100
+    assert (got["dev_size"], got["dev_limit"], got["epochs"], got["lr"]) == (100, 100, 3.0, 1e-4)
+    assert got["freeze_embeddings"] is True and got["chat_template"] is False
+    # --steps drops the preset's epochs; a size given wins.
+    got = recipe_settings(build_parser().parse_args(argv + ["--steps", "3", "--limit", "50"]))
+    assert got["epochs"] is None and got["limit"] == 50 and got["dev_size"] == 100

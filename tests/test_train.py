@@ -691,3 +691,34 @@ def test_token_nll_on_a_gpt2_style_student():
             ref = lm.model(input_ids=torch.tensor([f.input_ids]),
                            labels=torch.tensor([f.labels])).loss.item()  # fmt: skip
         assert got == pytest.approx(ref * f.n_targets, rel=1e-4, abs=1e-4)
+
+
+def test_dev_evaluation_leaves_the_training_unchanged(tmp_path):
+    """Periodic dev evaluation (generation and option scoring, model to eval mode and back)
+    neither moves the weights nor draws from the random streams: with dropout on, a run that
+    evaluates every 2 steps ends bit-equal to one that never does. (`distill train --preset`
+    evaluates every 50 steps, the experiment only at the end: the same student.)"""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def loader(dropout: float):
+        def load(spec, device=None, dtype=None, use_chat_template=True, **kwargs) -> LoadedModel:
+            torch.manual_seed(0)
+            cfg = LlamaConfig(vocab_size=400, attention_dropout=dropout, **tiny._DECODER)
+            return prepare(spec, LlamaForCausalLM(cfg).eval(), tiny.tiny_tokenizer(),
+                           torch.device("cpu"))  # fmt: skip
+
+        return load
+
+    kw = dict(steps=6, batch_size=4, lr=5e-3, save_every=0)
+    tr.train(config(tmp_path, name="quiet", eval_every=0, **kw), model_loader=loader(0.3))
+    tr.train(config(tmp_path, name="evals", eval_every=2, **kw), model_loader=loader(0.3))
+    evals = [r for r in RunDir(tmp_path / "evals").metrics() if "dev_accuracy" in r]
+    assert len(evals) >= 3  # steps 2, 4 and the final one
+    quiet, loud = _params(tmp_path / "quiet"), _params(tmp_path / "evals")
+    assert quiet.keys() == loud.keys()
+    assert all(torch.equal(quiet[k], loud[k]) for k in quiet)
+    assert losses(tmp_path / "quiet") == losses(tmp_path / "evals")
+    # The dropout is live (so a draw by the evaluation would show): without it, other weights.
+    tr.train(config(tmp_path, name="nodrop", eval_every=0, **kw), model_loader=loader(0.0))
+    other = _params(tmp_path / "nodrop")
+    assert not all(torch.equal(quiet[k], other[k]) for k in quiet)
