@@ -615,11 +615,11 @@ def test_presets_match_the_cli_and_demo_is_the_cpu_default():
     demo = distill_tab.preset_fields("demo")
     assert demo["train_size"] <= 32 and 0 < demo["steps"] <= 20
     md = distill_tab.preset_markdown("cpu")
-    assert "**cpu: esnli 288, cqa 232, anli1 120, svamp 200 training / 100 dev examples, 3 " in md
+    assert "**cpu: esnli 256, cqa 208, anli1 112, svamp 176 training / 100 dev examples, 3 " in md
     assert "gpu: all training" in md
     # the cpu preset sizes its training set per task, in the form as on the command line
-    assert distill_tab.preset_fields("cpu", "cqa")["train_size"] == 232
-    assert distill_tab.preset_fields("cpu", "esnli")["train_size"] == 288
+    assert distill_tab.preset_fields("cpu", "cqa")["train_size"] == 208
+    assert distill_tab.preset_fields("cpu", "esnli")["train_size"] == 256
     assert distill_tab.preset_fields("gpu", "cqa")["train_size"] == 0  # the whole file
 
 

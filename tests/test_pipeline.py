@@ -190,8 +190,8 @@ def test_presets(tmp_path):
     assert plan.data.endswith("esnli/esnli_valid.json")
     assert make_plan("cqa", str(tmp_path), preset="gpu").train_size is None
     # the cpu preset's training set is sized per task (the same compute for each)
-    assert make_plan("esnli", str(tmp_path), preset="cpu").train_size == 288
-    assert make_plan("cqa", str(tmp_path), preset="cpu").train_size == 232
+    assert make_plan("esnli", str(tmp_path), preset="cpu").train_size == 256
+    assert make_plan("cqa", str(tmp_path), preset="cpu").train_size == 208
     assert make_plan("cqa", str(tmp_path), preset="cpu", train_size=40).train_size == 40
     with pytest.raises(PlanError, match="preset"):
         make_plan("cqa", str(tmp_path), preset="tpu")
