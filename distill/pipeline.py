@@ -210,20 +210,25 @@ def pooled_markdown(pooled: list) -> str:
     if not pooled:
         return ""
     lines = ["", "Seed-averaged comparisons (each example's correctness averaged over a mode's "
-             "seeds; difference = A - B; interval and p, a paired sign-flip permutation test "
-             "(Monte Carlo above 16 examples: 10,000 patterns, floor 2e-4), cover the test "
-             "sample for these seeds; per seed: the difference at each seed; seeds agree: "
-             "every seed's difference has the pooled sign):", "",
-             "| A | B | n | seeds A/B | A acc | B acc | difference | 95% paired bootstrap CI "
-             "| per seed | seeds agree | p |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "seeds; difference = A - B; the examples' interval and p, a paired sign-flip "
+             "permutation test (Monte Carlo above 16 examples: 10,000 patterns, floor 2e-4), "
+             "cover the test sample for these seeds; per seed: the difference at each seed; "
+             "seeds agree: every seed's difference has the pooled sign; the seeds' interval "
+             "resamples the seeds, then the examples, and the seeds' t-test tests the per-seed "
+             "differences (k - 1 degrees of freedom): both ask about a new training seed):", "",
+             "| A | B | n | seeds A/B | A acc | B acc | difference | 95% CI (examples) "
+             "| p (examples) | per seed | seeds agree | 95% CI (seeds, examples) "
+             "| t-test p (seeds) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in pooled:
         per = ", ".join(f"{d:+.3f}" for d in p.per_seed)
         ci = f"[{p.ci_low:+.3f}, {p.ci_high:+.3f}]"
+        seed_ci = f"[{p.seed_ci_low:+.3f}, {p.seed_ci_high:+.3f}]"
+        t_p = "—" if p.seed_t_p is None else f"{p.seed_t_p:.3g}"
         lines.append(f"| {p.model_a} | {p.model_b} | {p.n} | {p.seeds_a}/{p.seeds_b} | "
                      f"{p.accuracy_a:.3f} | {p.accuracy_b:.3f} | {p.difference:+.3f} | "
-                     f"{ci} | {per} | {'yes' if p.seeds_agree else 'no'} | "
-                     f"{p.p_value:.3g} |")  # fmt: skip
+                     f"{ci} | {p.p_value:.3g} | {per} | {'yes' if p.seeds_agree else 'no'} | "
+                     f"{seed_ci} | {t_p} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

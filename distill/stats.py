@@ -14,7 +14,12 @@ With several training seeds per model, one seed's table mixes the teacher's effe
 training noise. :func:`seed_pooled` averages each example's correctness over a model's seeds
 and compares those per-example means: the same paired bootstrap, and a paired sign-flip
 permutation test (``scipy.stats.permutation_test``), which with one seed per model is exactly
-McNemar's test.
+McNemar's test. Both cover the test sample for the seeds run. To ask about a new training seed
+as well, :func:`seed_example_bootstrap_ci` resamples the seeds and then the examples (a
+two-level bootstrap, as for runs x tasks in Agarwal et al. 2021, "Deep RL at the edge of the
+statistical precipice"), and a one-sample t-test on the per-seed differences gives a p-value
+with k - 1 degrees of freedom (``scipy.stats.ttest_1samp``). With three seeds both are wide,
+which is the point: three seeds cannot pin a difference smaller than their spread.
 """
 
 from __future__ import annotations
@@ -59,6 +64,51 @@ def paired_bootstrap_ci(
     tail = (1.0 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def _seed_example_means(d: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_boot`` draws of the two-level bootstrap mean of ``d`` (runs x examples): each draw
+    takes ``k`` runs with replacement, averages them per example, then takes ``n`` examples
+    with replacement and averages those."""
+    k, n = d.shape
+    means = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // (k * n))  # bounded memory: a chunk holds chunk x k x n floats
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        rows = rng.integers(0, k, size=(stop - start, k))
+        cols = rng.integers(0, n, size=(stop - start, n))
+        per_example = d[rows].mean(axis=1)  # (draws, n): the drawn runs averaged
+        means[start:stop] = np.take_along_axis(per_example, cols, axis=1).mean(axis=1)
+    return means
+
+
+def seed_example_bootstrap_ci(
+    d: np.ndarray | list[list[float]], n_boot: int = 10_000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile interval of the mean of ``d``, a runs x examples array of per-example
+    differences (row i: seed pair i), when both the runs and the examples are resampled.
+    With one run it is an example bootstrap; with runs that disagree it widens by their
+    spread, which the example bootstrap of :func:`seed_pooled` ignores."""
+    d = np.asarray(d, dtype=np.float64)
+    if d.ndim != 2:
+        raise StatsError(f"expected a runs x examples array, got shape {d.shape}")
+    if d.size == 0:
+        return 0.0, 0.0
+    means = _seed_example_means(d, n_boot, np.random.default_rng(seed))
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def seed_t_test(per_seed: list[float]) -> float | None:
+    """Two-sided p of a one-sample t-test that the per-seed differences average 0 (k - 1
+    degrees of freedom); None with fewer than two seeds. Equal nonzero differences give 0."""
+    x = np.asarray(per_seed, dtype=np.float64)
+    if len(x) < 2:
+        return None
+    if np.ptp(x) == 0:  # no spread: t is infinite (or 0/0 when every difference is 0)
+        return 0.0 if x[0] != 0 else 1.0
+    return float(sps.ttest_1samp(x, 0.0).pvalue)
 
 
 @dataclass
@@ -161,6 +211,10 @@ class SeedPooledComparison:
     ci_high: float
     p_value: float  # paired sign-flip permutation test of the mean difference
     per_seed: list[float]  # accuracy_a - accuracy_b at each seed (see seed_pooled)
+    # Two-level bootstrap (seed pairs, then examples): the interval for a new seed.
+    seed_ci_low: float = 0.0
+    seed_ci_high: float = 0.0
+    seed_t_p: float | None = None  # t-test on per_seed (None with one seed pair)
 
     @property
     def seeds_agree(self) -> bool:
@@ -197,11 +251,20 @@ def seed_pooled(
     means is bootstrapped over examples, and its p-value comes from flipping the sign of each
     example's difference (exact up to 2^16 sign patterns, else ``n_boot`` random ones). The
     per-seed differences pair seed i of ``a`` with seed i of ``b``; a model with one run (the
-    untrained student) is paired with every seed of the other.
+    untrained student) is paired with every seed of the other. Over those seed pairs,
+    ``seed_ci_*`` is the two-level bootstrap interval (:func:`seed_example_bootstrap_ci`) and
+    ``seed_t_p`` the t-test of the per-seed differences (:func:`seed_t_test`).
     """
     ma, mb = _seed_means(a, model_a), _seed_means(b, model_b)
     if ma.keys() != mb.keys():
         raise StatsError(f"{model_a} and {model_b} were not scored on the same examples")
+    if len(a) == 1 or len(b) == 1:
+        pairs = [(x, y) for x in a for y in b]
+    elif len(a) == len(b):
+        pairs = list(zip(a, b))
+    else:
+        raise StatsError(f"{model_a} has {len(a)} seeds and {model_b} {len(b)}: "
+                         "seeds cannot be paired")  # fmt: skip
     ids = sorted(ma)
     xa = np.array([ma[i] for i in ids], dtype=np.float64)
     xb = np.array([mb[i] for i in ids], dtype=np.float64)
@@ -220,15 +283,12 @@ def seed_pooled(
             random_state=seed,
         )
         p = float(min(1.0, res.pvalue))
-    if len(a) == 1 or len(b) == 1:
-        pairs = [(x, y) for x in a for y in b]
-    else:
-        pairs = list(zip(a, b))
-    per_seed = [float(np.mean([x[i] for i in ids]) - np.mean([y[i] for i in ids]))
-                for x, y in pairs]  # fmt: skip
+    rows = np.array([[float(x[i]) - float(y[i]) for i in ids] for x, y in pairs])
+    per_seed = [float(r.mean()) for r in rows]
+    seed_low, seed_high = seed_example_bootstrap_ci(rows, n_boot, seed)
     return SeedPooledComparison(
         model_a, model_b, len(ids), len(a), len(b), float(xa.mean()), float(xb.mean()),
-        float(d.mean()), low, high, p, per_seed,
+        float(d.mean()), low, high, p, per_seed, seed_low, seed_high, seed_t_test(per_seed),
     )  # fmt: skip
 
 
@@ -258,5 +318,7 @@ __all__ = [
     "mcnemar_exact",
     "paired_bootstrap_ci",
     "pairwise",
+    "seed_example_bootstrap_ci",
     "seed_pooled",
+    "seed_t_test",
 ]

@@ -1,6 +1,7 @@
 """One table from experiment folders that differ only in their seeds (``distill combine``)."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -83,8 +84,14 @@ def test_combine_two_seed_folders(tmp_path):
     zs = pooled[("zero-shot", "standard")]
     assert zs["per_seed"] == [pytest.approx(-0.5), pytest.approx(-0.4)]
     assert st["seeds_agree"] is True  # +0.2 and +0.1
+    # t-test of +0.2 and +0.1 (1 degree of freedom, Cauchy): 1 - 2 atan(3) / pi.
+    assert st["seed_t_p"] == pytest.approx(1 - 2 * math.atan(3) / math.pi)
+    assert st["seed_ci_low"] <= 0.15 <= st["seed_ci_high"]
+    assert zs["seed_t_p"] is not None and zs["seed_ci_high"] < 0
     assert "Seed-averaged comparisons" in md and "| standard | saliency | 10 | 2/2 |" in md
     assert "| +0.200, +0.100 | yes |" in md
+    assert "95% CI (seeds, examples) | t-test p (seeds) |" in md
+    assert f"| {1 - 2 * math.atan(3) / math.pi:.3g} |" in md
 
 
 @pytest.mark.parametrize(

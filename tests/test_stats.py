@@ -9,7 +9,9 @@ from distill.stats import (
     mcnemar_exact,
     paired_bootstrap_ci,
     pairwise,
+    seed_example_bootstrap_ci,
     seed_pooled,
+    seed_t_test,
 )
 
 
@@ -171,3 +173,83 @@ def test_seed_pooled_random_flips_agree_with_brute_force():
     assert r.per_seed == [
         pytest.approx(sum(x.values()) / 12 - sum(y.values()) / 12) for x, y in zip(a, b)
     ]
+
+
+def test_seed_interval_widens_by_the_seeds_spread():
+    # Seed 0: a right on every example and b wrong; seed 1 the reverse. Each example's seed
+    # average is level (0.5 - 0.5), so the examples' interval is [0, 0]; a new seed may go
+    # either way, so the seeds' interval is [-1, +1] (draws +1, 0, 0, -1: 1/4 at each end).
+    n = 10
+    right, wrong = _ids([True] * n), _ids([False] * n)
+    r = seed_pooled([right, wrong], [wrong, right], "a", "b")
+    assert r.per_seed == [1.0, -1.0] and r.difference == 0.0
+    assert (r.ci_low, r.ci_high) == (0.0, 0.0)
+    assert (r.seed_ci_low, r.seed_ci_high) == (-1.0, 1.0)
+    assert r.seed_t_p == pytest.approx(1.0)  # mean difference 0
+    assert r.to_dict()["seed_ci_low"] == -1.0
+
+
+def test_seed_example_bootstrap_matches_exact_enumeration():
+    import itertools
+
+    import numpy as np
+
+    from distill.stats import _seed_example_means
+
+    d = np.array([[1.0, 0.0, -1.0], [0.0, 1.0, 1.0]])  # 2 seed pairs x 3 examples
+    exact: dict[float, float] = {}
+    draws = list(itertools.product(range(2), repeat=2))
+    cols = list(itertools.product(range(3), repeat=3))
+    for rows in draws:
+        per_example = d[list(rows)].mean(axis=0)
+        for c in cols:
+            v = round(float(per_example[list(c)].mean()), 9)
+            exact[v] = exact.get(v, 0.0) + 1 / (len(draws) * len(cols))
+    means = _seed_example_means(d, 200_000, np.random.default_rng(1))
+    got = {v: float(np.mean(np.isclose(means, v))) for v in exact}
+    assert sum(got.values()) == pytest.approx(1.0)  # no value outside the exact support
+    for v, prob in exact.items():
+        assert got[v] == pytest.approx(prob, abs=0.005), v
+    # An example-only bootstrap of the seed average has another distribution: its variance
+    # misses the seeds' spread.
+    exact_var = sum(p * v * v for v, p in exact.items()) - sum(p * v for v, p in exact.items()) ** 2
+    example_only = d.mean(axis=0)
+    assert exact_var > example_only.var() / 3 + 0.01
+    assert means.var() == pytest.approx(exact_var, rel=0.02)
+
+
+def test_seed_interval_with_identical_seeds_is_the_examples_interval():
+    import random
+
+    rng = random.Random(5)
+    a = _ids([rng.random() < 0.6 for _ in range(200)])
+    b = _ids([rng.random() < 0.4 for _ in range(200)])
+    r = seed_pooled([a, a, a], [b, b, b])
+    assert r.per_seed == [pytest.approx(r.difference)] * 3 and r.seed_t_p == 0.0
+    assert r.seed_ci_low == pytest.approx(r.ci_low, abs=0.015)
+    assert r.seed_ci_high == pytest.approx(r.ci_high, abs=0.015)
+    one = seed_example_bootstrap_ci([[1.0, 0.0, 1.0, 1.0]])  # one run: example bootstrap
+    assert one[0] <= 0.75 <= one[1] and one[1] == 1.0
+    with pytest.raises(StatsError, match="runs x examples"):
+        seed_example_bootstrap_ci([1.0, 0.0])
+
+
+def test_seed_t_test_by_hand():
+    import math
+
+    # t = mean / (sd / sqrt(k)); with 2 degrees of freedom the two-sided p is
+    # 1 - t / sqrt(2 + t^2); with 1 (Cauchy), 1 - 2 atan(t) / pi.
+    t = 0.2 / (0.1 / math.sqrt(3))
+    assert seed_t_test([0.1, 0.2, 0.3]) == pytest.approx(1 - t / math.sqrt(2 + t * t))
+    t = 0.15 / (math.sqrt(0.005) / math.sqrt(2))
+    assert seed_t_test([0.2, 0.1]) == pytest.approx(1 - 2 * math.atan(t) / math.pi)
+    assert seed_t_test([-0.3, -0.1, -0.2]) == seed_t_test([0.3, 0.1, 0.2])
+    assert seed_t_test([0.5]) is None
+    assert seed_t_test([0.5, 0.5]) == 0.0 and seed_t_test([0.0, 0.0]) == 1.0
+
+
+def test_seed_pooled_refuses_seeds_it_cannot_pair():
+    a = [_ids([True, False])] * 3
+    b = [_ids([False, False])] * 2
+    with pytest.raises(StatsError, match="3 seeds and b 2: seeds cannot be paired"):
+        seed_pooled(a, b, "a", "b")
