@@ -56,7 +56,8 @@ class PlanError(KDLensError):
 #      the limit, on slow days (every stage 12-20% slower). So the sizes went down by a
 #      ninth, to 256 (e-SNLI) and 208 (CQA): scaling the stages that grow with the examples
 #      (extraction, training) in the slowest runs gives ~41 and ~43 minutes, ~36 and ~38 in
-#      the fastest. The committed tables (README) were made at 288 / 232 and their commands
+#      the fastest. Measured at 256 / 208: e-SNLI 41:56, 39:43, 36:07 (seeds 0-2), CQA
+#      40:14 (seed 0). The older tables (README) were made at 288 / 232 and their commands
 #      name that size (--train-size). The price, in the same dev search at 256: 0.57 / 0.59 /
 #      0.65 at seeds 0-2 (288: 0.64 / 0.72 / 0.58). Evaluating at batch 32 instead of 8 gave
 #      the same predictions but saved only a tenth of the evaluation (bench/eval_batch.py).

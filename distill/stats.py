@@ -61,6 +61,10 @@ def paired_bootstrap_ci(
         stop = min(n_boot, start + chunk)
         idx = rng.integers(0, len(d), size=(stop - start, len(d)))
         means[start:stop] = d[idx].mean(axis=1)
+    return _percentile_interval(means, level)
+
+
+def _percentile_interval(means: np.ndarray, level: float) -> tuple[float, float]:
     tail = (1.0 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
@@ -94,10 +98,7 @@ def seed_example_bootstrap_ci(
         raise StatsError(f"expected a runs x examples array, got shape {d.shape}")
     if d.size == 0:
         return 0.0, 0.0
-    means = _seed_example_means(d, n_boot, np.random.default_rng(seed))
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    return _percentile_interval(_seed_example_means(d, n_boot, np.random.default_rng(seed)), level)
 
 
 def seed_t_test(per_seed: list[float]) -> float | None:
