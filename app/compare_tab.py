@@ -8,6 +8,7 @@ import html
 import gradio as gr
 import pandas as pd
 
+from distill.config import recorded_settings
 from distill.data import Example
 from distill.runs import RunDir
 from distill.tasks import get_task
@@ -93,8 +94,10 @@ def compare_one(
     s_loaded = ctx.student_model(student, progress)
     rows = []
 
-    def add(name: str, loaded: LoadedModel, mode: str, task_name: str, note: str = "") -> None:
-        p = predict_one(loaded, task_name, fields, gold=gold, mode=mode, rationale_words=words)
+    def add(name: str, loaded: LoadedModel, mode: str, task_name: str, note: str = "",
+            marker: str = "cue") -> None:  # fmt: skip
+        p = predict_one(loaded, task_name, fields, gold=gold, mode=mode, rationale_words=words,
+                        marker=marker)  # fmt: skip
         if p.choice and p.choice.strip().lower() not in p.answer.lower():
             # An answer naming no option gets its likeliest option's probability: say which.
             note = "; ".join(x for x in (note, f"likeliest option: {p.choice}") if x)
@@ -115,7 +118,8 @@ def compare_one(
         # Prompt the run's model as it was trained (with or without the chat template).
         kw = {} if settings.get("chat_template", True) else {"use_chat_template": False}
         loaded = ctx.student_model(str(run.model_dir), progress, **kw)
-        add(name, loaded, mode, compare_task(template, run_task))
+        marker = recorded_settings(run.config())["task_marker"]  # as it was trained
+        add(name, loaded, mode, compare_task(template, run_task), marker=marker)
     return result, pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
 

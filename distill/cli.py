@@ -152,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also keep the lowest N transformer blocks fixed (cheaper backward)",
     )
     t.add_argument("--length-groups", type=int, help="batch by length within runs of N")
+    t.add_argument(
+        "--task-marker",
+        choices=["cue", "prefix"],
+        help="multi-task modes: tell the tasks apart by the prompt's last line (cue, default: "
+        "the prompt is shared and read once) or by predict:/explain: before the input",
+    )
     t.add_argument("--dev-limit", type=int, help="dev examples evaluated (200, or the preset's)")
     t.add_argument("--eval-every", type=int, default=50)
     t.add_argument("--save-every", type=int, default=50)

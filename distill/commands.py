@@ -261,7 +261,7 @@ def cmd_combine(args: argparse.Namespace) -> int:
 # `distill train` flags that map one to one onto TrainConfig fields (None: not given).
 RECIPE_FLAGS = ("epochs", "batch_size", "lr", "warmup", "schedule", "weight_decay", "max_len",
                 "chat_template", "freeze_embeddings", "freeze_layers", "length_groups", "alpha",
-                "grad_accum", "limit", "dev_size", "dev_limit")  # fmt: skip
+                "grad_accum", "limit", "dev_size", "dev_limit", "task_marker")  # fmt: skip
 # What a preset does not decide: the run's identity, where it goes and how often it reports.
 _NOT_FROM_PRESET = {"student", "task", "data", "mode", "seed", "rationales", "llm_rationales",
                     "out", "steps", "eval_every", "save_every"}  # fmt: skip

@@ -15,7 +15,7 @@ import torch
 
 from explain.errors import KDLensError
 
-from .modes import ModeError, get_mode
+from .modes import TASK_MARKERS, ModeError, get_mode
 from .rationales import read_meta
 from .runs import runs_root, safe_run_dir
 
@@ -74,6 +74,11 @@ class TrainConfig:
     # Keep the lowest N transformer blocks fixed too (N > 0 implies freeze_embeddings): with
     # nothing trainable below them, backward stops at block N, so a step costs less.
     freeze_layers: int = 0
+    # Where a multi-task student's task marker stands: "cue", the prompt's last line (the
+    # explain task's "Explanation:"), so an example's tasks share their prompt and a
+    # decoder-only student reads it once; or "prefix", distilling-step-by-step's "predict:" /
+    # "explain:" before the input (runs recorded before this field existed used it).
+    task_marker: str = "cue"
 
     def __post_init__(self) -> None:
         if self.freeze_layers:  # the record then says what was frozen
@@ -105,6 +110,8 @@ class TrainConfig:
             raise TrainError(f"steps must be at most {MAX_STEPS:,}, got {self.steps:,}")
         if self.lr <= 0:
             raise TrainError(f"learning rate must be positive, got {self.lr}")
+        if self.task_marker not in TASK_MARKERS:
+            raise TrainError(f"unknown task marker {self.task_marker!r}; use cue or prefix")
         if self.schedule not in ("linear", "constant"):
             raise TrainError(f"unknown schedule {self.schedule!r}; use linear or constant")
         if self.warmup < 0 or self.eval_every < 0 or self.save_every < 0:
@@ -207,12 +214,21 @@ def lr_lambda(config: TrainConfig, total: int) -> Callable[[int], float]:
     return f
 
 
+# Fields whose default is not what runs recorded before the field existed did.
+RECORDED_BEFORE = {"task_marker": "prefix"}
+
+
 def record_defaults() -> dict:
     """What a run record made before a TrainConfig field existed is read as having: that
-    field's default (new fields must default to the old behaviour), so such a run still
-    resumes and is still reused."""
+    field's default, or what such runs did where the default changed (RECORDED_BEFORE), so a
+    run still resumes and is still reused when its settings match, and only then."""
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-    return {"settings": defaults}
+    return {"settings": {**defaults, **RECORDED_BEFORE}}
+
+
+def recorded_settings(record: dict | None) -> dict:
+    """A run record's settings, with what it lacks read as :func:`record_defaults` says."""
+    return {**record_defaults()["settings"], **((record or {}).get("settings") or {})}
 
 
 def run_record(config: TrainConfig, data_hash: str, n_train: int, n_dev: int) -> dict:

@@ -26,7 +26,7 @@ from explain.models import LoadedModel, load_model
 from explain.pipeline import generate
 
 from .choices import OptionRanking, _EvalMode, _length_batches, option_logprobs, rank_options
-from .config import TrainError
+from .config import TrainError, recorded_settings
 from .features import example_source
 from .modes import MODES, get_mode
 from .runs import RunDir
@@ -79,10 +79,12 @@ def resolve_model(
     return model_loader(str(model)), None
 
 
-def prompt_ids(loaded: LoadedModel, example, mode: str, words, budget: int) -> list[int]:
+def prompt_ids(
+    loaded: LoadedModel, example, mode: str, words, budget: int, marker: str = "cue"
+) -> list[int]:
     """The student's inference prompt for ``example`` under ``mode`` (the one formatting
-    path of training), fitted into ``budget`` tokens."""
-    prefix, hint = get_mode(mode).inference(words)
+    path of training; ``marker``: the run's task_marker), fitted into ``budget`` tokens."""
+    prefix, hint = get_mode(mode).inference(words, marker)
     return example_source(loaded, example, budget, prefix, hint).ids
 
 
@@ -161,6 +163,7 @@ def evaluate(
     choices: bool = True,
     model_loader: Callable[..., LoadedModel] = load_model,
     cap_from: list | None = None,
+    marker: str | None = None,
 ) -> EvalResult:
     """Accuracy of greedy answers on ``examples`` (+ choice-scoring accuracy when ``choices``).
 
@@ -168,7 +171,8 @@ def evaluate(
     the run's mode (``standard`` otherwise). In ``hint`` mode, ``rationales`` (id -> words)
     adds hints; without them the student answers bare inputs. Without ``max_new_tokens`` the
     generation cap comes from the answers of ``cap_from`` (the training split, so that a test
-    file's gold answers never shape generation), else of ``examples``.
+    file's gold answers never shape generation), else of ``examples``. ``marker``: the
+    multi-task format the student trained in (default: its run's, else ``"cue"``).
     """
     from .metrics import accuracy_ci, score_answer
     from .tasks import get_task
@@ -176,6 +180,9 @@ def evaluate(
     loaded, run_cfg = resolve_model(model, model_loader)
     if mode is None:
         mode = ((run_cfg or {}).get("settings") or {}).get("mode", "standard")
+    # A run answers in the format it was trained in (older runs: the "predict:" prefix).
+    if marker is None:
+        marker = recorded_settings(run_cfg)["task_marker"] if run_cfg else "cue"
     if mode not in MODES:
         raise TrainError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     examples = list(examples)[:limit] if limit is not None else list(examples)
@@ -184,7 +191,9 @@ def evaluate(
         max_new_tokens = answer_budget(loaded, task_answers(cap_from or examples))
 
     sources = [
-        prompt_ids(loaded, ex, mode, _words(rationales, ex, mode), max_len - max_new_tokens)
+        prompt_ids(
+            loaded, ex, mode, _words(rationales, ex, mode), max_len - max_new_tokens, marker
+        )  # fmt: skip
         for ex in examples
     ]
 
@@ -275,6 +284,7 @@ def predict_one(
     rationale_words: list[str] | None = None,
     max_new_tokens: int | None = None,
     max_len: int = 256,
+    marker: str = "cue",
 ) -> Prediction:
     """Greedy answer for one input and its probability.
 
@@ -292,7 +302,7 @@ def predict_one(
     ex = Example(id="input", task=spec.name, fields=dict(fields), label=gold or "", options=options)
     if max_new_tokens is None:  # the options' length, or room for an expression
         max_new_tokens = answer_budget(loaded, options) if options else 32
-    src = prompt_ids(loaded, ex, mode, rationale_words, max_len - max_new_tokens)
+    src = prompt_ids(loaded, ex, mode, rationale_words, max_len - max_new_tokens, marker)
     ans_ids = generate_answers(loaded, [src], max_new_tokens, 1)[0]
     answer = loaded.tokenizer.decode(ans_ids, skip_special_tokens=True).strip()
     correct = score_answer(spec, answer, ex) if gold else None

@@ -68,39 +68,133 @@ def example_features(
     alpha: float = 0.5,
     seed: int = 0,
     max_len: int = 256,
+    marker: str = "cue",
 ) -> list[Features]:
-    """Every training pair of one example under ``mode``."""
-    pairs = get_mode(mode).pairs(example, words, alpha, seed)
+    """Every training pair of one example under ``mode`` (``marker``: TrainConfig.task_marker)."""
+    pairs = get_mode(mode).pairs(example, words, alpha, seed, marker)
     return [pair_features(loaded, example, p, max_len) for p in pairs]
 
 
+def shared_prompt(group: list[Features]) -> int:
+    """Leading tokens every pair of one example has in common before any target token.
+
+    Multi-task pairs differ only in their cue ("Answer:" / "Explanation:") and target, so a
+    decoder-only student can read their prompt once (see :func:`collate_groups`)."""
+    if len(group) < 2:
+        return 0
+    n = min(len(f.input_ids) - f.n_targets for f in group)  # never a target token
+    first = group[0].input_ids
+    for i in range(n):
+        if any(f.input_ids[i] != first[i] for f in group[1:]):
+            return i
+    return n
+
+
+def _packed_row(group: list[Features], share: bool) -> tuple[list, list, list, list, list]:
+    """One decoder-only row: (ids, labels, positions, segment, owner) of a group of pairs.
+
+    Segment 0 is the shared prompt; each pair's own tokens form segment ``1 + j`` and see
+    only the shared prompt and themselves, at the positions they have in the pair alone, so
+    every pair's loss (and its gradient) is exactly the one of its separate sequence.
+    ``owner`` names the pair (index in ``group``) of each target token, -1 elsewhere."""
+    n = shared_prompt(group) if share else 0
+    if len(group) == 1:
+        f = group[0]
+        owner = [-1 if t == IGNORE else 0 for t in f.labels]
+        return f.input_ids, f.labels, list(range(len(f.input_ids))), [0] * len(f.labels), owner
+    ids, labels = list(group[0].input_ids[:n]), [IGNORE] * n
+    pos, seg, owner = list(range(n)), [0] * n, [-1] * n
+    for j, f in enumerate(group):
+        tail = f.input_ids[n:]
+        ids += tail
+        labels += f.labels[n:]
+        pos += range(n, n + len(tail))
+        seg += [1 + j] * len(tail)
+        owner += [-1 if t == IGNORE else j for t in f.labels[n:]]
+    return ids, labels, pos, seg, owner
+
+
+def collate_groups(
+    groups: list[list[Features]], pad_id: int, encoder_decoder: bool, share: bool = True
+) -> dict:
+    """A padded batch of the pairs in ``groups`` (each group: the pairs of one example).
+
+    Decoder-only: each group becomes ONE left-padded row when ``share`` (its pairs' common
+    prompt computed once, the pairs' own tokens side by side behind a block attention mask),
+    else one row per pair. Encoder-decoder students get one row per pair. ``owner`` maps
+    every target token to its pair's index in the flattened groups, for per-pair losses."""
+    if encoder_decoder:
+        flat = [f for g in groups for f in g]
+        n, width = len(flat), max(len(f.input_ids) for f in flat)
+        ids = torch.full((n, width), pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        lw = max(len(f.labels) for f in flat)
+        labels = torch.full((n, lw), IGNORE, dtype=torch.long)
+        owner = torch.full((n, lw), -1, dtype=torch.long)
+        for i, f in enumerate(flat):
+            ids[i, : len(f.input_ids)] = torch.tensor(f.input_ids)
+            mask[i, : len(f.input_ids)] = 1
+            labels[i, : len(f.labels)] = torch.tensor(f.labels)
+            owner[i, : len(f.labels)] = torch.where(labels[i, : len(f.labels)] == IGNORE, -1, i)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "owner": owner,
+                "n_pairs": n}  # fmt: skip
+    if not share:
+        groups = [[f] for g in groups for f in g]
+    rows, base = [], 0
+    for g in groups:
+        ids_, labels_, pos_, seg_, owner_ = _packed_row(g, share)
+        rows.append((ids_, labels_, pos_, seg_, [o + base if o >= 0 else -1 for o in owner_]))
+        base += len(g)
+    n, width = len(rows), max(len(r[0]) for r in rows)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    labels = torch.full((n, width), IGNORE, dtype=torch.long)
+    pos = torch.zeros((n, width), dtype=torch.long)
+    seg = torch.full((n, width), -1, dtype=torch.long)
+    owner = torch.full((n, width), -1, dtype=torch.long)
+    keep = 1
+    for i, (r_ids, r_labels, r_pos, r_seg, r_owner) in enumerate(rows):
+        sl = slice(width - len(r_ids), width)  # left padding: every row ends at the end
+        ids[i, sl] = torch.tensor(r_ids)
+        mask[i, sl] = 1
+        labels[i, sl] = torch.tensor(r_labels)
+        pos[i, sl] = torch.tensor(r_pos)
+        seg[i, sl] = torch.tensor(r_seg)
+        owner[i, sl] = torch.tensor(r_owner)
+        first = next((k for k, t in enumerate(r_labels) if t != IGNORE), len(r_labels))
+        keep = max(keep, len(r_labels) - first + 1)  # the vocabulary projection's positions
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "owner": owner,
+             "position_ids": pos, "keep": keep, "n_pairs": base}  # fmt: skip
+    if bool((seg > 0).any()):
+        # Key j is visible from query i when j <= i, j is real, and j is in the shared prompt
+        # or in i's own pair. A padding query sees itself only (its output is never used).
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
+        visible = causal & same & (seg[:, None, :] >= 0)
+        batch["visible"] = visible | torch.eye(width, dtype=torch.bool)
+    return batch
+
+
 def collate_features(feats: list[Features], pad_id: int, encoder_decoder: bool) -> dict:
-    """Padded tensors; labels padded with -100 so padding never counts in the loss.
+    """Padded tensors, one row per pair; labels padded with -100 so padding never counts.
 
     Decoder-only rows are LEFT-padded, so every row's target ends at the last position and the
     vocabulary projection is needed for the last ``max target + 1`` positions only.
     """
-    n, width = len(feats), max(len(f.input_ids) for f in feats)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    lw = max(len(f.labels) for f in feats) if encoder_decoder else width
-    labels = torch.full((n, lw), IGNORE, dtype=torch.long)
-    for i, f in enumerate(feats):
-        k = len(f.input_ids)
-        sl = slice(0, k) if encoder_decoder else slice(width - k, width)
-        ids[i, sl] = torch.tensor(f.input_ids)
-        mask[i, sl] = 1
-        lab = slice(0, len(f.labels)) if encoder_decoder else sl
-        labels[i, lab] = torch.tensor(f.labels)
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    if not encoder_decoder:
-        batch["keep"] = max(f.n_targets for f in feats) + 1
-    return batch
+    return collate_groups([[f] for f in feats], pad_id, encoder_decoder, share=False)
+
+
+def _additive_mask(visible: torch.Tensor, model) -> torch.Tensor:
+    """``[B, 1, T, T]`` additive mask (0 visible, dtype minimum hidden), the form eager and
+    SDPA attention take a ready-made 4D mask in."""
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+    return mask.masked_fill(~visible, torch.finfo(dtype).min)[:, None]
 
 
 def token_nll(model, batch: dict, encoder_decoder: bool) -> torch.Tensor:
-    """Summed negative log-likelihood of each row's target tokens, ``[B]`` (float32)."""
-    labels = batch["labels"]
+    """Summed negative log-likelihood of each pair's target tokens, ``[pairs]`` (float32)."""
+    labels, owner = batch["labels"], batch["owner"]
     if encoder_decoder:
         out = model(
             input_ids=batch["input_ids"],
@@ -112,19 +206,24 @@ def token_nll(model, batch: dict, encoder_decoder: bool) -> torch.Tensor:
     else:
         mask = batch["attention_mask"]
         keep = int(batch["keep"])
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions of real tokens
-        kw = dict(input_ids=batch["input_ids"], attention_mask=None if bool(mask.all()) else mask,
-                  position_ids=pos, use_cache=False)  # fmt: skip
+        if "visible" in batch:
+            attn = _additive_mask(batch["visible"], model)
+        else:
+            attn = None if bool(mask.all()) else mask
+        kw = dict(input_ids=batch["input_ids"], attention_mask=attn,
+                  position_ids=batch["position_ids"], use_cache=False)  # fmt: skip
         try:  # the vocabulary projection for the target positions only
             logits = model(**kw, logits_to_keep=keep).logits
         except TypeError:  # a model class without logits_to_keep: project everything
             logits = model(**kw).logits[:, -keep:]
         logits = logits[:, :-1]  # position p predicts token p + 1
         labels = labels[:, labels.shape[1] - (keep - 1) :]
+        owner = owner[:, owner.shape[1] - (keep - 1) :]
     logp = torch.log_softmax(logits.float(), dim=-1)
     valid = labels != IGNORE
     picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return -(picked * valid).sum(dim=1)
+    out = torch.zeros(int(batch["n_pairs"]), dtype=picked.dtype, device=picked.device)
+    return out.index_add(0, owner[valid], -picked[valid])
 
 
 def step_counts(items, idxs: list[list[int]]) -> dict[str, int]:
@@ -137,9 +236,16 @@ def step_counts(items, idxs: list[list[int]]) -> dict[str, int]:
     return counts
 
 
-def batch_loss(model, feats: list[Features], counts: dict, pad_id, enc_dec, device, autocast):
-    """This micro-batch's share of the step objective, and its per-kind NLL sums."""
-    batch = collate_features(feats, pad_id, enc_dec)
+def batch_loss(
+    model, groups: list[list[Features]], counts: dict, pad_id, enc_dec, device, autocast,
+    share: bool = True,
+):  # fmt: skip
+    """This micro-batch's share of the step objective, and its per-kind NLL sums.
+
+    ``groups``: the pairs of each example; with ``share`` a decoder-only student reads each
+    example's common prompt once (the same losses, fewer tokens: :func:`collate_groups`)."""
+    feats = [f for g in groups for f in g]
+    batch = collate_groups(groups, pad_id, enc_dec, share)
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     with autocast:
         nll = token_nll(model, batch, enc_dec)
@@ -156,8 +262,10 @@ __all__ = [
     "IGNORE",
     "Features",
     "collate_features",
+    "collate_groups",
     "example_features",
     "example_source",
     "pair_features",
+    "shared_prompt",
     "token_nll",
 ]

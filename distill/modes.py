@@ -20,6 +20,10 @@ from explain.errors import KDLensError
 from explain.templates import get_template
 from explain.words import split_words
 
+# Where a multi-task student's task marker stands (TrainConfig.task_marker): "cue", the
+# prompt's last line, or "prefix", before the input (distilling-step-by-step's T5 recipe).
+TASK_MARKERS = ("cue", "prefix")
+
 
 class ModeError(KDLensError):
     """An unknown mode, or an example a mode cannot train on."""
@@ -30,7 +34,7 @@ class Pair:
     """One (source, target) training task of an example."""
 
     kind: str  # "predict" (label) or "explain" (rationale)
-    prefix: str | None  # multi-task marker put before the input ("predict" / "explain")
+    prefix: str | None  # a marker put before the input (None: the cue tells the tasks apart)
     hint: list[str] | None  # words appended to the input (the hint mode)
     target: str
     weight: float
@@ -43,7 +47,7 @@ class TrainingMode:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     needs: ClassVar[str | None] = None
-    multitask: ClassVar[bool] = False  # predict:/explain: prefixes, alpha-weighted losses
+    multitask: ClassVar[bool] = False  # an explain pair beside the predict pair, alpha-weighted
     uses_hints: ClassVar[bool] = False  # rationale words in the input, at training and inference
     # Reads teacher rationales when an experiment has them, only to match their lengths.
     matches_rationale_length: ClassVar[bool] = False
@@ -55,24 +59,37 @@ class TrainingMode:
     def hint(self, words: list[str] | None) -> list[str] | None:
         return list(words) if self.uses_hints and words else None
 
-    def prefix(self, kind: str) -> str | None:
-        return kind if self.multitask else None
+    def prefix(self, kind: str, marker: str = "cue") -> str | None:
+        """The marker put before the input of ``kind``'s pairs: with ``marker="cue"`` none,
+        the cue at the prompt's end ("Answer:" / "Explanation:") tells the tasks apart, so a
+        multi-task example's pairs share their whole prompt, a decoder-only student reads it
+        once per example (:func:`distill.features.collate_groups`) and every mode answers the
+        standard prompt; with ``"prefix"`` a multi-task mode's ``predict:`` / ``explain:``."""
+        return kind if self.multitask and marker == "prefix" else None
 
     def pairs(
-        self, example, words: list[str] | None = None, alpha: float = 0.5, seed: int = 0
+        self,
+        example,
+        words: list[str] | None = None,
+        alpha: float = 0.5,
+        seed: int = 0,
+        marker: str = "cue",
     ) -> list[Pair]:
         """Training pairs of one example. An example without an explain target keeps its
         label loss at full weight (it is not down-weighted by ``alpha``)."""
         explain = self.explain_target(example, words, seed) if self.multitask else None
         label_w = alpha if explain else 1.0
-        out = [Pair("predict", self.prefix("predict"), self.hint(words), example.label, label_w)]
+        hint = self.hint(words)
+        out = [Pair("predict", self.prefix("predict", marker), hint, example.label, label_w)]
         if explain:
-            out.append(Pair("explain", self.prefix("explain"), None, explain, 1.0 - alpha))
+            out.append(Pair("explain", self.prefix("explain", marker), None, explain, 1 - alpha))
         return out
 
-    def inference(self, words: list[str] | None = None) -> tuple[str | None, list[str] | None]:
+    def inference(
+        self, words: list[str] | None = None, marker: str = "cue"
+    ) -> tuple[str | None, list[str] | None]:
         """(prefix, hint words) of the prompt the student answers at evaluation."""
-        return self.prefix("predict"), self.hint(words)
+        return self.prefix("predict", marker), self.hint(words)
 
 
 MODES: dict[str, TrainingMode] = {}
@@ -174,6 +191,7 @@ class Hint(TrainingMode):
 
 __all__ = [
     "MODES",
+    "TASK_MARKERS",
     "ModeError",
     "Pair",
     "TrainingMode",

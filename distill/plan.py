@@ -61,6 +61,13 @@ class PlanError(KDLensError):
 #      name that size (--train-size). The price, in the same dev search at 256: 0.57 / 0.59 /
 #      0.65 at seeds 0-2 (288: 0.64 / 0.72 / 0.58). Evaluating at batch 32 instead of 8 gave
 #      the same predictions but saved only a tenth of the evaluation (bench/eval_batch.py).
+#      Then (2026-12-01 evening) multi-task students read each example's prompt once (the
+#      task marker moved into the cue; distill/features.py): a step of random / dss costs
+#      1.09x / 1.16x standard's instead of 1.95x / 2.82x (bench/results/step_cost_shared.json).
+#      More epochs help: 5 gave dev 0.63 / 0.71 / 0.74 at seeds 0-2 against 3 epochs' 0.57 /
+#      0.59 / 0.65 (same dev search, 256 examples; 0.63 / 0.68 / 0.71 after 4 of the 5). But
+#      the e-SNLI experiment at 5 epochs took 45 min 19 s (quiet; training 324 / 386 / 442 /
+#      387 s), so the preset trains 4: a fifth less training, ~40 minutes.
 # gpu: one H100/H200-class GPU, full training file, bf16 (TrainConfig bf16="auto").
 # The cpu preset's training examples per task: e-SNLI's 256 scaled by the student's tokens per
 # example (predict + explain pairs, SmolLM2 tokenizer, bare prompts, first 320 records:
@@ -72,7 +79,7 @@ PRESETS: dict[str, dict] = {
     "cpu": {
         "train_size": CPU_TRAIN_SIZES,  # per task (preset_train_size)
         "dev_size": 100,
-        "epochs": 3.0,
+        "epochs": 4.0,
         "batch_size": 8,
         "lr": 1e-4,
         "extract_batch": 8,

@@ -115,6 +115,7 @@ def encode_items(loaded, examples, config: TrainConfig, rmap) -> list[list[Featu
             config.alpha,
             config.seed,
             config.max_len,
+            config.task_marker,
         )
         for ex in examples
     ]
@@ -308,13 +309,15 @@ def _train(ctx: _Ctx, resumed: bool, train_ex: list, stop) -> dict:
         sums: dict[str, float] = {}
         n_examples, n_tokens, objective = 0, 0, 0.0
         for a, per_rank in enumerate(micro):
-            feats = [f for i in per_rank[rank] for f in items[i]]
+            groups = [items[i] for i in per_rank[rank]]
             n_examples += len(per_rank[rank])
-            n_tokens += sum(len(f.input_ids) + (len(f.labels) if enc_dec else 0) for f in feats)
+            n_tokens += sum(
+                len(f.input_ids) + (len(f.labels) if enc_dec else 0) for g in groups for f in g
+            )
             # Skip the gradient all-reduce on all but the last micro-batch.
             sync = a == config.grad_accum - 1 or world == 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                loss, part = batch_loss(model, feats, counts, pad_id, enc_dec, device, autocast)
+                loss, part = batch_loss(model, groups, counts, pad_id, enc_dec, device, autocast)
                 # DDP averages gradients over processes; the objective is their sum.
                 accelerator.backward(loss * world)
             objective += loss.item()
@@ -401,6 +404,7 @@ def _dev_eval(ctx: _Ctx, step: int, total: int, choices: bool = False, hints: bo
         max_new_tokens=answer_cap(ctx),
         max_len=config.max_len,
         choices=choices,
+        marker=config.task_marker,
     )
     if hints:
         ctx.emit({"stage": "training", "step": step, "total": total,

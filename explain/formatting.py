@@ -1,8 +1,9 @@
 """One path from task fields to model inputs, for attribution, training and evaluation.
 
 A prompt is the task template's text (with its task-input spans), optionally prefixed with a
-multi-task marker (``predict:`` / ``explain:``) and followed by hint words, then wrapped in the
-model's chat template, or followed by a cue (``Answer:``) for decoder-only models without one.
+marker and followed by hint words, then wrapped in the model's chat template, or followed by a
+cue (``Answer:``) for decoder-only models without one. A multi-task student's explain task
+has its own cue (``Explanation:``), the request's last line where no cue follows.
 
 One truncation rule for every caller: when the prompt does not fit its token budget, the longest
 free-text field is shortened in its middle (its head and tail stay, joined by " … "), and the
@@ -54,6 +55,10 @@ def render_prompt(
     text = prompt.text
     if hint:
         text += "\nHint: " + " ".join(hint)
+    if cue != ANSWER_CUE and (uses_chat(loaded) or loaded.is_encoder_decoder):
+        # No answer cue follows these prompts, so another task's cue (a multi-task student's
+        # "Explanation:") becomes the request's last line: the tasks stay told apart.
+        text += cue
     offset = 0
     if prefix:
         offset = len(prefix) + 2

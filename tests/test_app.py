@@ -615,7 +615,7 @@ def test_presets_match_the_cli_and_demo_is_the_cpu_default():
     demo = distill_tab.preset_fields("demo")
     assert demo["train_size"] <= 32 and 0 < demo["steps"] <= 20
     md = distill_tab.preset_markdown("cpu")
-    assert "**cpu: esnli 256, cqa 208, anli1 112, svamp 176 training / 100 dev examples, 3 " in md
+    assert "**cpu: esnli 256, cqa 208, anli1 112, svamp 176 training / 100 dev examples, 4 " in md
     assert "gpu: all training" in md
     # the cpu preset sizes its training set per task, in the form as on the command line
     assert distill_tab.preset_fields("cpu", "cqa")["train_size"] == 208

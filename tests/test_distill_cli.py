@@ -333,7 +333,7 @@ def test_train_preset_is_the_experiments_student(model_dir, datasets_dir, task, 
     }
     # The values themselves (a change to the preset must show up here too).
     assert got["limit"] == preset_train_size("cpu", task) + 100
-    assert (got["dev_size"], got["dev_limit"], got["epochs"], got["lr"]) == (100, 100, 3.0, 1e-4)
+    assert (got["dev_size"], got["dev_limit"], got["epochs"], got["lr"]) == (100, 100, 4.0, 1e-4)
     assert got["freeze_embeddings"] is True and got["chat_template"] is False
     # --steps drops the preset's epochs; a size given wins.
     got = recipe_settings(build_parser().parse_args(argv + ["--steps", "3", "--limit", "50"]))

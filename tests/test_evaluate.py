@@ -228,6 +228,34 @@ def test_evaluate_a_run_folder_uses_its_mode(tmp_path):
     assert r.settings["mode"] == "saliency" and r.n == 3
 
 
+@pytest.mark.parametrize("marker", ["cue", "prefix", None])
+def test_a_run_answers_in_the_format_it_was_trained_in(tmp_path, monkeypatch, marker):
+    """The task marker a run trains with is the one its dev evaluation and any later
+    evaluation use: a "prefix" run, and one recorded before the setting existed (None: the
+    field deleted from its record), answer "predict: ..."; a "cue" run the standard prompt."""
+    seen = []
+    real = ev.generate_answers
+
+    def spy(loaded, sources, *args, **kwargs):
+        seen.extend(loaded.tokenizer.decode(s) for s in sources)
+        return real(loaded, sources, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "generate_answers", spy)
+    want = "Question:" if marker == "cue" else "predict: Question:"
+    cfg = config(tmp_path, "saliency", steps=2, task_marker=marker or "prefix")
+    tr.train(cfg, model_loader=tiny_loader())
+    assert seen and all(t.startswith(want) and t.endswith("\nAnswer:") for t in seen)  # dev
+    if marker is None:
+        path = tmp_path / "run" / "config.json"
+        record = json.loads(path.read_text())
+        del record["settings"]["task_marker"]
+        path.write_text(json.dumps(record))
+    seen.clear()
+    exs = load_task("cqa", tmp_path / "data" / "cqa.json", limit=2)
+    ev.evaluate(tmp_path / "run", "cqa", exs, max_new_tokens=2, choices=False)
+    assert len(seen) == 2 and all(t.startswith(want) for t in seen)
+
+
 def _finished_run(root, name, mode, acc):
     run = RunDir(root / name)
     run.create(

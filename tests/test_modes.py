@@ -31,18 +31,18 @@ def test_registry_holds_the_five_modes():
     [
         ("standard", ["plate"], [("predict", None, None, "cupboard", 1.0)]),
         ("saliency", ["plate", "washing"],
-         [("predict", "predict", None, "cupboard", 0.2), ("explain", "explain", None,
-                                                          "plate washing", 0.8)]),
-        ("saliency", None, [("predict", "predict", None, "cupboard", 1.0)]),  # full weight
-        ("dss", None, [("predict", "predict", None, "cupboard", 0.2),
-                       ("explain", "explain", None, "Plates are kept in a cupboard.", 0.8)]),
+         [("predict", None, None, "cupboard", 0.2), ("explain", None, None,
+                                                    "plate washing", 0.8)]),
+        ("saliency", None, [("predict", None, None, "cupboard", 1.0)]),  # full weight
+        ("dss", None, [("predict", None, None, "cupboard", 0.2),
+                       ("explain", None, None, "Plates are kept in a cupboard.", 0.8)]),
         ("hint", ["plate"], [("predict", None, ["plate"], "cupboard", 1.0)]),
     ],
 )  # fmt: skip
 def test_pairs_and_weights(mode, words, expect):
     got = [(p.kind, p.prefix, p.hint, p.target, p.weight)
            for p in get_mode(mode).pairs(EX, words, alpha=0.2)]  # fmt: skip
-    assert [g[:4] for g in got] == [e[:4] for e in expect]
+    assert [g[:4] for g in got] == [e[:4] for e in expect]  # the cue, not a prefix, says which
     assert [g[4] for g in got] == pytest.approx([e[4] for e in expect])
 
 
@@ -59,14 +59,19 @@ def test_random_control_draws_input_words_seeded_with_the_rationale_length():
     order = [pool.index(w) for w in a.split()]
     assert order == sorted(order)  # input order, like a rationale
     (pred, expl) = mode.pairs(EX, ["x", "y"], alpha=0.5, seed=1)
-    assert pred.prefix == "predict" and expl.prefix == "explain"
+    assert pred.prefix is None and expl.prefix is None and pred.kind == "predict"
 
 
 def test_inference_prompt_per_mode():
     assert get_mode("standard").inference(["w"]) == (None, None)
-    assert get_mode("saliency").inference(["w"]) == ("predict", None)
+    assert get_mode("saliency").inference(["w"]) == (None, None)  # the standard prompt
     assert get_mode("hint").inference(["w"]) == (None, ["w"])
     assert get_mode("hint").inference(None) == (None, None)
+    # distilling-step-by-step's markers before the input, when a run asks for them
+    assert get_mode("saliency").inference(["w"], marker="prefix") == ("predict", None)
+    assert get_mode("standard").inference(None, marker="prefix") == (None, None)
+    pred, expl = get_mode("dss").pairs(EX, None, marker="prefix")
+    assert (pred.prefix, expl.prefix) == ("predict", "explain")
 
 
 def test_a_new_mode_is_one_registered_class():

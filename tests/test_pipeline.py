@@ -226,8 +226,8 @@ def test_train_settings_override_the_stage_defaults(tmp_path, datasets_dir):
                      train_settings={"eval_every": 5, "alpha": 0.3})  # fmt: skip
     cfg = train_config(plan, "saliency", 0)
     assert cfg.eval_every == 5 and cfg.alpha == 0.3 and cfg.save_every == 25
-    # The cpu preset's recipe reaches every stage: frozen embeddings (dev search), 3 epochs.
-    assert cfg.freeze_embeddings is True and cfg.epochs == 3.0 and cfg.chat_template is False
+    # The cpu preset's recipe reaches every stage: frozen embeddings (dev search), 4 epochs.
+    assert cfg.freeze_embeddings is True and cfg.epochs == 4.0 and cfg.chat_template is False
     with pytest.raises(PlanError, match="unknown training setting.*colour"):
         validate(make_plan("cqa", str(tmp_path / "x"), train_settings={"colour": 1}))
 

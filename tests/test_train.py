@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import threading
 from contextlib import nullcontext
@@ -11,6 +13,7 @@ import pytest
 import tiny
 import torch
 
+from distill import features
 from distill import train as tr
 from distill.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from distill.data import Example, load_task
@@ -139,6 +142,27 @@ def test_token_nll_equals_the_models_own_loss(tiny):
         with torch.no_grad():
             ref = tiny.model(input_ids=ids, labels=labels).loss.item() * f.n_targets
         assert got == pytest.approx(ref, rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "llama-chat", "t5"])
+def test_multitask_pairs_are_told_apart_and_predict_reads_the_standard_prompt(family):
+    """No marker before the input: the explain task's cue is the prompt's last line (after
+    the answer cue's place, or inside the chat request / the encoder's input), so the two
+    tasks stay apart for every kind of student, and the predict prompt is the standard one."""
+    lm = tiny.loaded(family.split("-")[0])
+    if family == "llama-chat":
+        tok = copy.deepcopy(lm.tokenizer)  # tiny's tokenizer is shared: leave it as it is
+        tok.chat_template = "{% for m in messages %}<s>{{ m['content'] }}</s>{% endfor %}"
+        lm = dataclasses.replace(lm, tokenizer=tok)
+        assert lm.has_chat_template and lm.use_chat_template
+    pred, expl = example_features(lm, example(), "saliency", ["plate"])
+    (std,) = example_features(lm, example(), "standard")
+    src = (lambda f: f.input_ids) if lm.is_encoder_decoder else (
+        lambda f: f.input_ids[: len(f.input_ids) - f.n_targets])  # fmt: skip
+    assert src(pred) == src(std) and src(expl) != src(pred)
+    text = lm.tokenizer.decode(src(expl), skip_special_tokens=True)
+    assert "Explanation:" in text and "explain:" not in text
+    assert text.rstrip().endswith("Explanation:") or family == "llama-chat"
 
 
 def test_truncation_keeps_target_cue_and_options():
@@ -477,6 +501,28 @@ def test_run_recorded_before_a_setting_existed_resumes_with_its_default(tmp_path
                  model_loader=tiny_loader())  # fmt: skip
 
 
+def test_run_recorded_before_the_task_marker_existed_was_a_prefix_run(tmp_path):
+    """Runs recorded before task_marker existed trained with "predict:" / "explain:": one
+    stopped then is resumed as such, and refused as a "cue" run (its default now)."""
+    stop = threading.Event()
+    stop.set()
+    for name in ("old", "old2"):
+        tr.train(config(tmp_path, "saliency", name=name, steps=5, task_marker="prefix"),
+                 stop=stop, model_loader=tiny_loader())  # fmt: skip
+        path = tmp_path / name / "config.json"
+        record = json.loads(path.read_text())
+        del record["settings"]["task_marker"]
+        path.write_text(json.dumps(record))
+    with pytest.raises(RunError, match=r"settings\.task_marker"):
+        tr.train(config(tmp_path, "saliency", name="old2", steps=5), model_loader=tiny_loader())
+    summary = tr.train(config(tmp_path, "saliency", name="old", steps=5, task_marker="prefix"),
+                       model_loader=tiny_loader())  # fmt: skip
+    assert summary["status"] == "finished"
+    with pytest.raises(tr.TrainError, match="unknown task marker"):
+        tr.train(config(tmp_path, "saliency", name="x", task_marker="suffix"),
+                 model_loader=tiny_loader())  # fmt: skip
+
+
 def test_model_load_error_leaves_no_run_folder(tmp_path):
     from explain.errors import ModelSpecError
 
@@ -549,8 +595,8 @@ def _step_grads(lm, items, micro: list[list[int]]) -> list[torch.Tensor]:
     counts = tr.step_counts(items, micro)
     pad, enc_dec = lm.tokenizer.pad_token_id, lm.is_encoder_decoder
     for idx in micro:
-        feats = [f for i in idx for f in items[i]]
-        loss, _ = tr.batch_loss(model, feats, counts, pad, enc_dec, "cpu", nullcontext())
+        loss, _ = tr.batch_loss(model, [items[i] for i in idx], counts, pad, enc_dec, "cpu",
+                                nullcontext())  # fmt: skip
         loss.backward()
     return _grads(model)
 
@@ -570,13 +616,90 @@ def test_accumulation_equals_one_large_batch(family):
     for p in model.parameters():
         p.grad = None
     for idx in [[0, 1], [2, 3], [4, 5], [6, 7]]:
-        feats = [f for i in idx for f in items[i]]
         counts = tr.step_counts(items, [idx])
-        loss, _ = tr.batch_loss(model, feats, counts, 0, lm.is_encoder_decoder, "cpu",
-                                nullcontext())  # fmt: skip
+        loss, _ = tr.batch_loss(model, [items[i] for i in idx], counts, 0, lm.is_encoder_decoder,
+                                "cpu", nullcontext())  # fmt: skip
         (loss / 4).backward()
     old = _grads(model)
     assert max((a - b).abs().max().item() for a, b in zip(big, old)) > 1e-4
+
+
+def _loss_and_grads(lm, items, share: bool, collate=None):
+    model = lm.model
+    for p in model.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+    counts = tr.step_counts(items, [list(range(len(items)))])
+    loss, sums = tr.batch_loss(model, items, counts, lm.tokenizer.pad_token_id,
+                               lm.is_encoder_decoder, "cpu", nullcontext(), share)  # fmt: skip
+    loss.backward()
+    return loss.item(), sums, _grads(model)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("mode", ["saliency", "dss", "random"])
+def test_shared_prompt_rows_keep_every_pairs_loss_and_gradient(family, mode):
+    """Reading a multi-task example's prompt once (one row, a block mask, the pairs' own
+    positions) gives the objective, per-kind sums and gradient of one row per pair."""
+    lm = tiny.loaded(family)
+    words = {f"q{i}": ITEMS[i][0].split()[: 1 + i % 4] for i in range(6)}
+    items = [example_features(lm, example(i), mode, words[f"q{i}"], alpha=0.3, seed=1)
+             for i in range(6)]  # fmt: skip
+    assert all(len(g) == 2 for g in items)
+    for i, g in enumerate(items):  # the whole prompt up to the cue is shared
+        n = features.shared_prompt(g)
+        head = lm.tokenizer.decode(g[0].input_ids[:n])
+        assert head.startswith("Question: " + ITEMS[i][0]) and "(e) " in head
+        assert g[0].input_ids[n] != g[1].input_ids[n]  # "Answer" / "Explanation"
+    packed = features.collate_groups(items, 0, False)
+    single = collate_features([f for g in items for f in g], 0, False)
+    assert packed["input_ids"].shape[0] == 6 and single["input_ids"].shape[0] == 12
+    assert packed["attention_mask"].sum() < 0.7 * single["attention_mask"].sum()
+    a_loss, a_sums, a_grads = _loss_and_grads(lm, items, share=True)
+    b_loss, b_sums, b_grads = _loss_and_grads(lm, items, share=False)
+    assert a_loss == pytest.approx(b_loss, rel=1e-5)
+    assert a_sums == pytest.approx(b_sums, rel=1e-5)
+    for a, b in zip(a_grads, b_grads):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_shared_prompt_rows_need_their_block_mask():
+    """Without the block mask the explanation would read the answer before it: the losses
+    change. So the equality above is the mask's doing, not an accident of the data."""
+    lm = tiny.loaded("llama")
+    items = [example_features(lm, example(i), "saliency", ["plate", "washing"], alpha=0.5)
+             for i in range(3)]  # fmt: skip
+    batch = features.collate_groups(items, 0, False)
+    visible = batch["visible"]
+    with torch.no_grad():
+        good = token_nll(lm.model, batch, False)
+        width = visible.shape[-1]
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        real = batch["attention_mask"].bool()[:, None, :]  # padding stays hidden
+        batch["visible"] = (causal & real) | torch.eye(width, dtype=torch.bool)
+        leaky = token_nll(lm.model, batch, False)
+        ref = token_nll(lm.model, collate_features([f for g in items for f in g], 0, False), False)
+    assert torch.allclose(good, ref, rtol=1e-5, atol=1e-5)
+    exact = (good - ref).abs().max().item()
+    # the leak moves the explain losses by far more than rounding (~1e-6 of them) does
+    assert (leaky[1::2] - ref[1::2]).abs().max().item() > 100 * max(exact, 1e-5)
+    assert torch.allclose(leaky[0::2], ref[0::2], rtol=1e-5, atol=1e-5)  # predict comes first
+
+
+def test_pairs_without_a_common_prompt_still_train_exactly():
+    """A mode that marks its tasks before the input (a user's registered variant) shares
+    nothing: its pairs still sit side by side in one row with their own losses."""
+    lm = tiny.loaded("llama")
+    items = [example_features(lm, example(i), "saliency", ["plate"]) for i in range(3)]
+    marked = [[dataclasses.replace(f, input_ids=[7 + k] + f.input_ids,
+                                   labels=[-100] + f.labels) for k, f in enumerate(g)]
+              for g in items]  # fmt: skip
+    assert all(features.shared_prompt(g) == 0 for g in marked)
+    a_loss, _, a_grads = _loss_and_grads(lm, marked, share=True)
+    b_loss, _, b_grads = _loss_and_grads(lm, marked, share=False)
+    assert a_loss == pytest.approx(b_loss, rel=1e-5)
+    for a, b in zip(a_grads, b_grads):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
 
 
 def test_objective_weights_alpha_and_examples_without_rationale():
@@ -591,13 +714,13 @@ def test_objective_weights_alpha_and_examples_without_rationale():
     batch = collate_features(feats, 0, False)
     with torch.no_grad():
         nll = token_nll(lm.model, batch, False).tolist()
-        loss, sums = tr.batch_loss(lm.model, feats, counts, 0, False, "cpu", nullcontext())
+        loss, sums = tr.batch_loss(lm.model, items, counts, 0, False, "cpu", nullcontext())
     n_pred, n_expl = counts["predict"], counts["explain"]
     expected = (alpha * nll[0] + 1.0 * nll[2]) / n_pred + (1 - alpha) * nll[1] / n_expl
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert sums["predict"] == pytest.approx(nll[0] + nll[2], rel=1e-5)
     # A batch with no rationale at all is plain fine-tuning: the mean label NLL, full weight.
-    loss, _ = tr.batch_loss(lm.model, without, tr.step_counts([without], [[0]]), 0, False,
+    loss, _ = tr.batch_loss(lm.model, [without], tr.step_counts([without], [[0]]), 0, False,
                             "cpu", nullcontext())  # fmt: skip
     assert loss.item() == pytest.approx(nll[2] / without[0].n_targets, rel=1e-5)
 
