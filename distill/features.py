@@ -90,18 +90,18 @@ def shared_prompt(group: list[Features]) -> int:
     return n
 
 
-def _packed_row(group: list[Features], share: bool) -> tuple[list, list, list, list, list]:
+def _packed_row(group: list[Features]) -> tuple[list, list, list, list, list]:
     """One decoder-only row: (ids, labels, positions, segment, owner) of a group of pairs.
 
     Segment 0 is the shared prompt; each pair's own tokens form segment ``1 + j`` and see
     only the shared prompt and themselves, at the positions they have in the pair alone, so
     every pair's loss (and its gradient) is exactly the one of its separate sequence.
     ``owner`` names the pair (index in ``group``) of each target token, -1 elsewhere."""
-    n = shared_prompt(group) if share else 0
     if len(group) == 1:
         f = group[0]
         owner = [-1 if t == IGNORE else 0 for t in f.labels]
         return f.input_ids, f.labels, list(range(len(f.input_ids))), [0] * len(f.labels), owner
+    n = shared_prompt(group)
     ids, labels = list(group[0].input_ids[:n]), [IGNORE] * n
     pos, seg, owner = list(range(n)), [0] * n, [-1] * n
     for j, f in enumerate(group):
@@ -142,7 +142,7 @@ def collate_groups(
         groups = [[f] for g in groups for f in g]
     rows, base = [], 0
     for g in groups:
-        ids_, labels_, pos_, seg_, owner_ = _packed_row(g, share)
+        ids_, labels_, pos_, seg_, owner_ = _packed_row(g)
         rows.append((ids_, labels_, pos_, seg_, [o + base if o >= 0 else -1 for o in owner_]))
         base += len(g)
     n, width = len(rows), max(len(r[0]) for r in rows)
